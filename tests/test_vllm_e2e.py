@@ -102,3 +102,27 @@ def test_dry_run_command_end_to_end(tmp_path):
     assert len(rows) == 10
     sub = pl.read_parquet(tmp_path / "submission.parquet")
     assert sub.height == 10 and sub["answer"].is_between(0, 99_999).all()
+
+
+def test_empty_and_huge_problems_get_the_fallback_and_the_run_goes_on(engine, tmp_path):
+    path = tmp_path / "bad.csv"
+    pl.DataFrame({"id": ["empty", "huge", "ok"],
+                  "problem": ["", "x " * 500_000, "What is $2+2$?"]}).write_csv(path)
+    report = dry_run(CONFIG, path, tmp_path, engine_factory=lambda c: engine, show_progress=False)
+    by_id = {r.id: r for r in report.records}
+    assert by_id["empty"].stop_reason == "empty_problem" and by_id["empty"].answer == 0
+    assert by_id["huge"].stop_reason == "prompt_too_long" and by_id["huge"].answer == 0
+    assert by_id["ok"].tokens > 0
+    assert pl.read_parquet(report.submission).height == 3
+
+
+def test_solve_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "aimo_kernel", "solve", "What is $2+2$?", "--set", "tir.num_candidates=3"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("answer: ") and 0 <= int(lines[0].split()[1]) <= 99_999
+    assert lines[1].startswith("votes: ")
+    assert "tokens" in lines[2]
