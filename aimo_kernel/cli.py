@@ -106,10 +106,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from aimo_kernel.engine.base import EngineError
-    from aimo_kernel.mock_api import GatewayError
+    from aimo_kernel.mock_api import Aimo1Error, GatewayError
     from aimo_kernel.problems import ProblemSetError
 
-    return (CliError, ConfigError, ProblemSetError, EngineError, GatewayError, FileNotFoundError)
+    return (CliError, ConfigError, ProblemSetError, EngineError, GatewayError, Aimo1Error, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

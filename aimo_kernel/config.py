@@ -88,6 +88,10 @@ class TIRConfig:
 
     num_candidates: int = 48
     max_rounds: int = 4
+    mode: str = "sync"  # sync: Numina's synchronous rounds; async: each candidate runs its own pipeline
+    # async mode: while the vote is undecided and time is left, finished candidates are replaced by
+    # new ones up to this many in all (0: just num_candidates)
+    max_candidates: int = 0
     no_code_policy: str = "restart"
     max_restarts: int = 1
     output_max_chars: int = 200
@@ -95,6 +99,8 @@ class TIRConfig:
     def __post_init__(self) -> None:
         _check_int(self, "num_candidates", 1, 4096)
         _check_int(self, "max_rounds", 1, 64)
+        _check_choice(self, "mode", ("sync", "async"))
+        _check_int(self, "max_candidates", 0, 100_000)
         _check_choice(self, "no_code_policy", NO_CODE_POLICIES)
         _check_int(self, "max_restarts", 0, 64)
         _check_int(self, "output_max_chars", 16, 1_000_000)
@@ -111,6 +117,9 @@ class SandboxConfig:
     python: str = ""  # empty: the interpreter running the package
     refuse_patterns: tuple[str, ...] = ("subprocess", "venv")
     print_last_expression: bool = True
+    kind: str = "pool"  # pool: forks from warm interpreters; subprocess: a fresh interpreter per block
+    preload: tuple[str, ...] = ("math", "numpy", "sympy")  # modules the pool's warm interpreters import
+    max_code_chars: int = 1_000_000  # longer code blocks are refused without running
 
     def __post_init__(self) -> None:
         _check_range(self, "timeout_s", 0.1, 3600.0)
@@ -125,22 +134,42 @@ class SandboxConfig:
                 f"SandboxConfig.refuse_patterns must be non-empty strings, got {self.refuse_patterns!r}"
             )
         _check_bool(self, "print_last_expression")
+        _check_choice(self, "kind", ("pool", "subprocess"))
+        object.__setattr__(self, "preload", tuple(self.preload))
+        if not all(isinstance(m, str) and m.replace(".", "").replace("_", "").isalnum() for m in self.preload):
+            raise ConfigError(f"SandboxConfig.preload must be module names, got {self.preload!r}")
+        _check_int(self, "max_code_chars", 1, 100_000_000)
 
 
 @dataclass(frozen=True, kw_only=True)
 class BudgetConfig:
-    """Wall-clock limits. The walking skeleton enforces one per-problem deadline."""
+    """Wall-clock limits for the whole run and each problem (see :mod:`aimo_kernel.budget`).
+
+    The run must end ``safety_margin_s`` before ``total_seconds`` after it started (model load
+    included). Each problem gets a share of the time left, clamped to
+    ``[min_problem_seconds, per_problem_seconds]``; time a problem does not use is carried forward.
+    ``overrun_allowance_s`` is what a problem may run past its stop (aborting, killing code) and
+    ``restart_reserve_s`` the time kept back for one engine restart.
+    """
 
     total_seconds: float = 9 * 3600.0
     num_problems: int = 50
     per_problem_seconds: float = 600.0
+    min_problem_seconds: float = 30.0
     safety_margin_s: float = 600.0
+    overrun_allowance_s: float = 5.0
+    restart_reserve_s: float = 0.0
+    stall_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         _check_range(self, "total_seconds", 1.0, 7 * 24 * 3600.0)
         _check_int(self, "num_problems", 1, 100_000)
         _check_range(self, "per_problem_seconds", 0.5, 7 * 24 * 3600.0)
+        _check_range(self, "min_problem_seconds", 0.1, self.per_problem_seconds)
         _check_range(self, "safety_margin_s", 0.0, 24 * 3600.0)
+        _check_range(self, "overrun_allowance_s", 0.0, 3600.0)
+        _check_range(self, "restart_reserve_s", 0.0, 3600.0)
+        _check_range(self, "stall_timeout_s", 1.0, 24 * 3600.0)
         if self.safety_margin_s >= self.total_seconds:
             raise ConfigError(
                 f"BudgetConfig.safety_margin_s must be below total_seconds ({self.total_seconds:g}), "
@@ -166,6 +195,10 @@ class VoteConfig:
     drop_negative: bool = True
     fallback_answer: int = 0
     tie_break: str = "largest"
+    # Early stop: "k/n" stops once one answer has k votes among the first n answers (n ≥ k);
+    # stop_when_decided stops once the leader cannot be overtaken by the candidates still running.
+    agreement_rules: tuple[str, ...] = ()
+    stop_when_decided: bool = True
 
     def __post_init__(self) -> None:
         _check_int(self, "modulus", 0, 10**18)
@@ -177,9 +210,25 @@ class VoteConfig:
         _check_bool(self, "drop_negative")
         _check_int(self, "fallback_answer", self.min_answer, self.max_answer)
         _check_choice(self, "tie_break", TIE_BREAKS)
+        object.__setattr__(self, "agreement_rules", tuple(self.agreement_rules))
+        for rule in self.agreement_rules:
+            parse_agreement_rule(rule)
+        _check_bool(self, "stop_when_decided")
 
 
-ENGINE_BACKENDS = ("vllm", "fake")
+def parse_agreement_rule(rule: object) -> tuple[int, int]:
+    """``"k/n"`` -> (k, n) with 1 ≤ k ≤ n; a clear error otherwise."""
+    k_text, sep, n_text = str(rule).partition("/")
+    try:
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        k = n = 0
+    if not isinstance(rule, str) or not sep or not 1 <= k <= n <= 100_000:
+        raise ConfigError(f"VoteConfig.agreement_rules entries must look like 'k/n' with 1 <= k <= n, got {rule!r}")
+    return k, n
+
+
+ENGINE_BACKENDS = ("vllm", "vllm-offline", "fake", "fake-async")
 DTYPES = ("auto", "half", "float16", "bfloat16", "float32")
 QUANTIZATIONS = ("none", "gptq")
 GPTQ_KERNELS = ("auto", "marlin", "legacy")

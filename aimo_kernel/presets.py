@@ -7,6 +7,7 @@ all-reduce, Triton attention); they are unit-tested because no such GPU is avail
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from aimo_kernel.config import (
@@ -23,6 +24,8 @@ from aimo_kernel.config import (
 # The model the GPU presets load: a local folder, normally an attached Kaggle dataset.
 NUMINA_MODEL_DIR = "/kaggle/input/numinamath-7b-tir-gptq-8bit"
 
+# Early stop once the first answers agree (imagination-research's AIMO2 rules); tightened when ahead.
+_RULES = ("4/4", "5/7", "6/9")
 _MOD_1000 = VoteConfig(modulus=1000, min_answer=0, max_answer=999)
 _RANGE_100K = VoteConfig(modulus=0, min_answer=0, max_answer=99_999)
 
@@ -32,10 +35,15 @@ def _aimo1_t4x2() -> Config:
         preset="aimo1-t4x2",
         competition="aimo1",
         sampling=SamplingConfig(temperature=0.8, top_p=1.0, max_new_tokens=2048),
-        tir=TIRConfig(num_candidates=48, max_rounds=4, no_code_policy="restart"),
+        # Numina's recipe (48 candidates, 4 rounds, T=0.8), streamed: while the vote is undecided and
+        # time is left, finished candidates are replaced, up to 4×48 in all.
+        tir=TIRConfig(num_candidates=48, max_rounds=4, mode="async", max_candidates=192, no_code_policy="restart"),
         sandbox=SandboxConfig(timeout_s=5.0, workers=4, memory_mb=4096),
-        budget=BudgetConfig(total_seconds=9 * 3600.0, num_problems=50, per_problem_seconds=600.0),
-        vote=_MOD_1000,
+        # 15 min margin: the run ends at least 10 min early even if the last problem overruns its stop.
+        budget=BudgetConfig(total_seconds=9 * 3600.0, num_problems=50, per_problem_seconds=3600.0,
+                            min_problem_seconds=60.0, safety_margin_s=900.0, restart_reserve_s=300.0,
+                            stall_timeout_s=120.0),
+        vote=dataclasses.replace(_MOD_1000, agreement_rules=_RULES),
         engine=EngineConfig(
             backend="vllm",
             model=NUMINA_MODEL_DIR,
@@ -61,10 +69,11 @@ def _aimo2_l4x4() -> Config:
         preset="aimo2-l4x4",
         competition="aimo2",
         sampling=SamplingConfig(temperature=0.8, max_new_tokens=2048),
-        tir=TIRConfig(num_candidates=48, max_rounds=4),
+        tir=TIRConfig(num_candidates=48, max_rounds=4, mode="async", max_candidates=192),
         sandbox=SandboxConfig(timeout_s=5.0, workers=4, memory_mb=4096),
-        budget=BudgetConfig(total_seconds=5 * 3600.0, num_problems=50, per_problem_seconds=330.0),
-        vote=_MOD_1000,
+        budget=BudgetConfig(total_seconds=5 * 3600.0, num_problems=50, per_problem_seconds=2400.0,
+                            min_problem_seconds=60.0, safety_margin_s=900.0, restart_reserve_s=300.0),
+        vote=dataclasses.replace(_MOD_1000, agreement_rules=_RULES),
         engine=EngineConfig(
             backend="vllm",
             model=NUMINA_MODEL_DIR,
@@ -85,10 +94,11 @@ def _aimo3_h100() -> Config:
         preset="aimo3-h100",
         competition="aimo3",
         sampling=SamplingConfig(temperature=0.8, max_new_tokens=4096),
-        tir=TIRConfig(num_candidates=64, max_rounds=6),
+        tir=TIRConfig(num_candidates=64, max_rounds=6, mode="async", max_candidates=256),
         sandbox=SandboxConfig(timeout_s=10.0, workers=8, memory_mb=8192),
-        budget=BudgetConfig(total_seconds=5 * 3600.0, num_problems=50, per_problem_seconds=330.0),
-        vote=_RANGE_100K,
+        budget=BudgetConfig(total_seconds=5 * 3600.0, num_problems=50, per_problem_seconds=2400.0,
+                            min_problem_seconds=60.0, safety_margin_s=900.0, restart_reserve_s=240.0),
+        vote=dataclasses.replace(_RANGE_100K, agreement_rules=_RULES),
         engine=EngineConfig(
             backend="vllm",
             model=NUMINA_MODEL_DIR,
@@ -108,10 +118,10 @@ def _cpu() -> Config:
         preset="cpu",
         competition="aimo3",
         sampling=SamplingConfig(temperature=0.8, max_new_tokens=96),
-        tir=TIRConfig(num_candidates=4, max_rounds=2),
+        tir=TIRConfig(num_candidates=4, max_rounds=2, mode="async", max_candidates=8),
         sandbox=SandboxConfig(timeout_s=5.0, workers=2, memory_mb=2048),
         budget=BudgetConfig(total_seconds=3600.0, num_problems=50, per_problem_seconds=60.0,
-                            safety_margin_s=60.0),
+                            min_problem_seconds=5.0, safety_margin_s=60.0, stall_timeout_s=30.0),
         vote=_RANGE_100K,
         engine=EngineConfig(
             backend="vllm",

@@ -50,10 +50,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aimo_kernel.config import SandboxConfig
 
-__all__ = ["TRUNCATION_MARKER", "ExecutionResult", "SubprocessSandbox", "prepare_code"]
+if TYPE_CHECKING:
+    from aimo_kernel.sandbox_pool import PoolSandbox
+
+__all__ = ["TRUNCATION_MARKER", "ExecutionResult", "SubprocessSandbox", "make_sandbox", "prepare_code"]
 
 TRUNCATION_MARKER = "\n... [truncated]"
 
@@ -482,13 +486,9 @@ class SubprocessSandbox:
             raise TypeError(f"code must be a str, got {type(code).__name__}")
         limit = self._timeout(timeout_s)
         start = time.monotonic()
-        for pattern in self.config.refuse_patterns:
-            if pattern in code:
-                return ExecutionResult(error=f"refused: code uses {pattern!r}", refused=True,
-                                       seconds=time.monotonic() - start)
-        if limit <= 0:
-            return ExecutionResult(error="TimeoutError: no time left to run the code", timed_out=True,
-                                   seconds=time.monotonic() - start)
+        early = precheck(self.config, code, limit)
+        if early is not None:
+            return _with_seconds(early, time.monotonic() - start)
         prepared = prepare_code(code, print_last_expression=self.config.print_last_expression)
         root = tempfile.mkdtemp(prefix="aimo-sandbox-")
         try:
@@ -585,55 +585,75 @@ class SubprocessSandbox:
             _kill_everything(proc.pid, uid)
             with contextlib.suppress(subprocess.TimeoutExpired):  # a SIGKILLed process stuck in D state
                 proc.wait(timeout=_KILL_BUDGET_S)
-        return self._classify(root, paths, proc.returncode, timed_out, limit)
+        return classify(cfg, root, paths, proc.returncode, timed_out, limit)
 
-    def _classify(self, root: str, paths: dict[str, str], rc: int | None, timed_out: bool,
-                  limit: float) -> ExecutionResult:
-        cfg = self.config
-        raw, size = _read_head(paths["stdout"], 4 * (cfg.max_output_chars + 1))
-        stdout = raw.decode("utf-8", errors="replace")
-        truncated = len(stdout) > cfg.max_output_chars or size > len(raw)
-        stdout = stdout[: cfg.max_output_chars]
-        err_raw, _ = _read_head(paths["stderr"], 4 * _STDERR_CHARS)
-        stderr = _clean(err_raw.decode("utf-8", errors="replace"), root)
-        status = _read_status(paths["status.json"])
-        kind = status.get("kind") if status else None
 
-        memory = crashed = False
-        error = ""
-        exit_code = rc
-        if timed_out:
-            exit_code = None
-            error = f"TimeoutError: code ran longer than {limit:g} s"
-        elif rc is None:  # pragma: no cover - the leader did not die after SIGKILL
-            error = "Error: the code could not be stopped"
-        elif rc < 0:
-            signum = -rc
-            if signum == signal.SIGXCPU:
-                timed_out = True
-                error = f"TimeoutError: code used more than {int(math.ceil(limit)) + 1} s of CPU time"
-            elif signum == signal.SIGKILL or any(hint in stderr for hint in _MEMORY_HINTS):
-                # Nobody but us (before the deadline: nobody) sends SIGKILL; the kernel does when memory
-                # runs out, and allocators abort or crash under the address-space limit.
-                memory = True
-                error = f"MemoryError: code used more than {cfg.memory_mb} MB (killed by {_signal_name(signum)})"
-            else:
-                crashed = True
-                tail = _tail_lines(stderr, 10)
-                reason = f"Crash: the code was killed by {_signal_name(signum)}"
-                error = f"{tail}\n{reason}" if tail else reason
-        elif kind == "exception" and status is not None:
-            error = _tail_lines(_clean(str(status.get("error", "")), root), _MAX_ERROR_LINES)
-            memory = bool(status.get("memory")) or error.rstrip().splitlines()[-1:] == ["MemoryError"]
-            if not error:
-                error = "Error: the code failed"
-        elif rc != 0:
-            code = status.get("code") if kind == "exit" and status is not None else rc
-            tail = "" if kind == "exit" else _tail_lines(stderr, 10)
-            error = f"{tail}\nSystemExit: {code}" if tail else f"SystemExit: {code}"
-            memory = kind != "exit" and any(hint in stderr for hint in _MEMORY_HINTS)
-        return ExecutionResult(stdout=stdout, error=error, exit_code=exit_code, timed_out=timed_out,
-                               memory_exceeded=memory, output_truncated=truncated, crashed=crashed)
+def precheck(config: SandboxConfig, code: str, limit: float) -> ExecutionResult | None:
+    """The result for code that must not run (refused, too long, no time left); ``None`` if it may run."""
+    if len(code) > config.max_code_chars:
+        return ExecutionResult(error=f"refused: code is longer than {config.max_code_chars} characters",
+                               refused=True)
+    for pattern in config.refuse_patterns:
+        if pattern in code:
+            return ExecutionResult(error=f"refused: code uses {pattern!r}", refused=True)
+    if limit <= 0:
+        return ExecutionResult(error="TimeoutError: no time left to run the code", timed_out=True)
+    return None
+
+
+def classify(cfg: SandboxConfig, root: str, paths: dict[str, str], rc: int | None, timed_out: bool,
+             limit: float, maxrss_kb: int | None = None) -> ExecutionResult:
+    """Turn what a finished child left (exit status, stdout/stderr/status files) into an ExecutionResult.
+
+    ``maxrss_kb`` (peak memory, when the caller knows it) separates a SIGKILL the code sent itself
+    (``os.killpg(0, 9)``: a crash) from the kernel's out-of-memory kill; without it every SIGKILL we did
+    not send counts as memory exceeded.
+    """
+    raw, size = _read_head(paths["stdout"], 4 * (cfg.max_output_chars + 1))
+    stdout = raw.decode("utf-8", errors="replace")
+    truncated = len(stdout) > cfg.max_output_chars or size > len(raw)
+    stdout = stdout[: cfg.max_output_chars]
+    err_raw, _ = _read_head(paths["stderr"], 4 * _STDERR_CHARS)
+    stderr = _clean(err_raw.decode("utf-8", errors="replace"), root)
+    status = _read_status(paths["status.json"])
+    kind = status.get("kind") if status else None
+
+    memory = crashed = False
+    error = ""
+    exit_code = rc
+    if timed_out:
+        exit_code = None
+        error = f"TimeoutError: code ran longer than {limit:g} s"
+    elif rc is None:  # pragma: no cover - the leader did not die after SIGKILL
+        error = "Error: the code could not be stopped"
+    elif rc < 0:
+        signum = -rc
+        if signum == signal.SIGXCPU:
+            timed_out = True
+            error = f"TimeoutError: code used more than {int(math.ceil(limit)) + 1} s of CPU time"
+        elif any(hint in stderr for hint in _MEMORY_HINTS) or (
+                signum == signal.SIGKILL and (maxrss_kb is None or maxrss_kb * 2 >= cfg.memory_mb * 1024)):
+            # Nobody but us (before the deadline: nobody) sends SIGKILL; the kernel does when memory
+            # runs out, and allocators abort or crash under the address-space limit.
+            memory = True
+            error = f"MemoryError: code used more than {cfg.memory_mb} MB (killed by {_signal_name(signum)})"
+        else:
+            crashed = True
+            tail = _tail_lines(stderr, 10)
+            reason = f"Crash: the code was killed by {_signal_name(signum)}"
+            error = f"{tail}\n{reason}" if tail else reason
+    elif kind == "exception" and status is not None:
+        error = _tail_lines(_clean(str(status.get("error", "")), root), _MAX_ERROR_LINES)
+        memory = bool(status.get("memory")) or error.rstrip().splitlines()[-1:] == ["MemoryError"]
+        if not error:
+            error = "Error: the code failed"
+    elif rc != 0:
+        code = status.get("code") if kind == "exit" and status is not None else rc
+        tail = "" if kind == "exit" else _tail_lines(stderr, 10)
+        error = f"{tail}\nSystemExit: {code}" if tail else f"SystemExit: {code}"
+        memory = kind != "exit" and any(hint in stderr for hint in _MEMORY_HINTS)
+    return ExecutionResult(stdout=stdout, error=error, exit_code=exit_code, timed_out=timed_out,
+                           memory_exceeded=memory, output_truncated=truncated, crashed=crashed)
 
 
 def _with_seconds(result: ExecutionResult, seconds: float) -> ExecutionResult:
@@ -641,3 +661,12 @@ def _with_seconds(result: ExecutionResult, seconds: float) -> ExecutionResult:
                            timed_out=result.timed_out, memory_exceeded=result.memory_exceeded,
                            output_truncated=result.output_truncated, crashed=result.crashed,
                            refused=result.refused, seconds=seconds)
+
+
+def make_sandbox(config: SandboxConfig) -> SubprocessSandbox | PoolSandbox:
+    """The sandbox ``config.kind`` names: the warm pool (default) or a fresh interpreter per block."""
+    if config.kind == "subprocess":
+        return SubprocessSandbox(config)
+    from aimo_kernel.sandbox_pool import PoolSandbox  # noqa: PLC0415 - the pool module imports this one
+
+    return PoolSandbox(config)

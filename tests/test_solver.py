@@ -7,10 +7,10 @@ import time
 from collections.abc import Sequence
 
 import pytest
-from aimo_kernel.sandbox import ExecutionResult, SubprocessSandbox
 
 from aimo_kernel.config import BudgetConfig, Config, SamplingConfig, SandboxConfig, TIRConfig, VoteConfig
 from aimo_kernel.engine.fake import FakeEngine, scripted
+from aimo_kernel.sandbox import ExecutionResult, SubprocessSandbox
 from aimo_kernel.solver import SCTIRSolver, last_code_block
 
 CODE_TURN = "Let me compute.\n```python\nprint(6 * 7)\n```\n```output\n"
@@ -155,7 +155,7 @@ def test_each_candidate_and_round_gets_its_own_seed():
 
 
 def test_the_deadline_is_never_exceeded():
-    cfg = dataclasses.replace(config(), budget=BudgetConfig(per_problem_seconds=0.6))
+    cfg = dataclasses.replace(config(), budget=BudgetConfig(per_problem_seconds=0.6, min_problem_seconds=0.1))
     start = time.monotonic()
     result, _, _ = solve(scripted([CODE_TURN, ANSWER_TURN]), cfg, delay_s=5.0)
     assert time.monotonic() - start < 0.9
@@ -163,7 +163,7 @@ def test_the_deadline_is_never_exceeded():
 
 
 def test_code_gets_only_the_time_left():
-    cfg = dataclasses.replace(config(), budget=BudgetConfig(per_problem_seconds=2.0))
+    cfg = dataclasses.replace(config(), budget=BudgetConfig(per_problem_seconds=2.0, min_problem_seconds=0.1))
     sandbox = FakeSandbox()
     solve(scripted([CODE_TURN, ANSWER_TURN]), cfg, sandbox, delay_s=0.5)
     assert sandbox.timeouts[0] is not None and sandbox.timeouts[0] <= 1.5

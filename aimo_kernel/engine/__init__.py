@@ -10,6 +10,8 @@ import importlib
 from typing import TYPE_CHECKING
 
 from aimo_kernel.engine.base import (
+    AsyncEngine,
+    Delta,
     Engine,
     EngineError,
     Generation,
@@ -22,8 +24,10 @@ if TYPE_CHECKING:
 
 # kind -> "module:factory"; a factory takes a Config and returns an Engine.
 _REGISTRY: dict[str, str] = {
-    "vllm": "aimo_kernel.engine.vllm_backend:create_engine",
+    "vllm": "aimo_kernel.engine.vllm_async:create_engine",
+    "vllm-offline": "aimo_kernel.engine.vllm_backend:create_engine",
     "fake": "aimo_kernel.engine.fake:create_engine",
+    "fake-async": "aimo_kernel.engine.fake:create_async_engine",
 }
 
 
@@ -36,18 +40,20 @@ def engine_kinds() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def get_engine(kind: str, config: Config) -> Engine:
+def get_engine(kind: str, config: Config) -> Engine | AsyncEngine:
     try:
         target = _REGISTRY[kind]
     except KeyError:
         raise EngineError(f"unknown engine {kind!r}; registered: {', '.join(_REGISTRY)}") from None
     module_name, _, factory_name = target.partition(":")
     factory = getattr(importlib.import_module(module_name), factory_name)
-    engine: Engine = factory(config)
+    engine: Engine | AsyncEngine = factory(config)
     return engine
 
 
 __all__ = [
+    "AsyncEngine",
+    "Delta",
     "Engine",
     "EngineError",
     "Generation",

@@ -6,7 +6,7 @@ live in their own modules and are reached through :func:`aimo_kernel.engine.get_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -73,5 +73,43 @@ class Engine(Protocol):
     ) -> list[Generation]:
         """One generation per request, in request order."""
         ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delta:
+    """A piece of a streamed generation: new text and tokens, and on the last piece its finish reason."""
+
+    text: str
+    num_tokens: int
+    finish_reason: str | None = None  # set on the last delta (one of FINISH_REASONS)
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@runtime_checkable
+class AsyncEngine(Protocol):
+    """An engine that streams each request on its own, for the asynchronous scheduler.
+
+    ``stream`` yields :class:`Delta` pieces until one carries a finish reason; a consumer that stops
+    early (cancellation) must have the request aborted, and ``abort`` does so explicitly. ``alive``
+    is False once the engine has died and must be rebuilt.
+    """
+
+    name: str
+    max_model_len: int
+
+    def chat_prompt(self, problem: str) -> str: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream(self, request: GenerationRequest, params: SamplingParams, request_id: str) -> AsyncIterator[Delta]:
+        ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    @property
+    def alive(self) -> bool: ...
 
     def close(self) -> None: ...

@@ -1,4 +1,6 @@
-"""A fake engine with canned outputs, for unit tests of the solver loop. Never a production path.
+"""Fake engines with canned outputs (blocking and streaming), for unit tests of the solver loops.
+
+Never a production path.
 
 Implements the :class:`~aimo_kernel.engine.base.Engine` protocol: one token per character, stop
 strings honoured (kept in the output, as vLLM does with ``include_stop_str_in_output``),
@@ -7,11 +9,12 @@ strings honoured (kept in the output, as vLLM does with ``include_stop_str_in_ou
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from aimo_kernel.config import Config
-from aimo_kernel.engine.base import Generation, GenerationRequest, SamplingParams
+from aimo_kernel.engine.base import Delta, Generation, GenerationRequest, SamplingParams
 
 # Given a request and how many times this exact prompt was seen before, return the raw continuation.
 Responder = Callable[[GenerationRequest], str]
@@ -75,3 +78,60 @@ def scripted(turns: Sequence[str]) -> Responder:
 def create_engine(config: Config) -> FakeEngine:
     """The registry's fake: every candidate boxes 0. Tests build FakeEngine directly with a script."""
     return FakeEngine(lambda req: "No code needed. \\boxed{0}", max_model_len=config.engine.max_model_len)
+
+
+class FakeAsyncEngine:
+    """The streaming counterpart: the same canned text, streamed in chunks on the event loop's clock.
+
+    ``seconds_per_token`` paces the stream (0: as fast as the loop runs); ``stall_after_tokens`` makes
+    every stream go silent after that many tokens, as a hung engine would.
+    """
+
+    name = "fake-async"
+
+    def __init__(self, responder: Responder, *, max_model_len: int = 4096, seconds_per_token: float = 0.0,
+                 chunk: int = 16, stall_after_tokens: int | None = None) -> None:
+        self._sync = FakeEngine(responder, max_model_len=max_model_len)
+        self.max_model_len = max_model_len
+        self.seconds_per_token = seconds_per_token
+        self.chunk = chunk
+        self.stall_after_tokens = stall_after_tokens
+        self.requests: list[GenerationRequest] = []
+        self.aborted: list[str] = []
+        self.active: set[str] = set()
+        self.alive = True
+        self.closed = False
+
+    def chat_prompt(self, problem: str) -> str:
+        return self._sync.chat_prompt(problem)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text)
+
+    async def stream(self, request: GenerationRequest, params: SamplingParams, request_id: str) -> AsyncIterator[Delta]:
+        self.requests.append(request)
+        gen = self._sync._one(request, params, late=False)
+        self.active.add(request_id)
+        try:
+            for start in range(0, max(1, len(gen.text)), self.chunk):
+                if self.stall_after_tokens is not None and start >= self.stall_after_tokens:
+                    await asyncio.sleep(10**9)  # silent forever, until cancelled
+                piece = gen.text[start:start + self.chunk]
+                await asyncio.sleep(self.seconds_per_token * len(piece))
+                last = start + self.chunk >= len(gen.text)
+                yield Delta(text=piece, num_tokens=len(piece), finish_reason=gen.finish_reason if last else None,
+                            prompt_tokens=len(request.prompt))
+        finally:
+            self.active.discard(request_id)
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+        self.active.discard(request_id)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def create_async_engine(config: Config) -> FakeAsyncEngine:
+    """The registry's streaming fake: every candidate boxes 0."""
+    return FakeAsyncEngine(lambda req: "No code needed. \\boxed{0}", max_model_len=config.engine.max_model_len)

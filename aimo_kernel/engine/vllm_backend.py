@@ -1,4 +1,5 @@
-"""vLLM backend: the offline engine, its arguments built from the preset, and deadline-bounded generation.
+"""vLLM offline backend (``LLM``, registered as ``vllm-offline``): engine arguments from the preset,
+and deadline-bounded generation.
 
 This is the only module that imports vLLM (and through it torch). It covers: mapping an
 :class:`~aimo_kernel.config.EngineConfig` to vLLM engine arguments and environment (unit-tested for
@@ -85,10 +86,27 @@ def _known_engine_args() -> set[str]:
 _FINISH = {"length": "length", "abort": "deadline"}
 
 
+def finish_reason(completion: Any) -> str:
+    """vLLM's finish reason of a finished completion, in the engine protocol's words."""
+    if completion.finish_reason == "stop":
+        return "stop" if isinstance(completion.stop_reason, str) else "eos"
+    return _FINISH.get(str(completion.finish_reason), "error")
+
+
+def render_chat(tokenizer: Any, problem: str) -> str:
+    """The model's chat template around one user message (Numina's template if it has none)."""
+    messages = [{"role": "user", "content": problem}]
+    if getattr(tokenizer, "chat_template", None):
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    from jinja2 import Template
+
+    return Template(CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=True)
+
+
 class VLLMEngine:
     """A loaded vLLM offline engine (``vllm.LLM``) driven step by step."""
 
-    name = "vllm"
+    name = "vllm-offline"
 
     def __init__(self, config: Config) -> None:
         cfg = config.engine
@@ -118,12 +136,7 @@ class VLLMEngine:
             raise EngineError(f"vLLM could not load {args['model']}: {type(exc).__name__}: {exc}") from exc
 
     def chat_prompt(self, problem: str) -> str:
-        messages = [{"role": "user", "content": problem}]
-        if getattr(self._tokenizer, "chat_template", None):
-            return str(self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        from jinja2 import Template
-
-        return Template(CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=True)
+        return render_chat(self._tokenizer, problem)
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer.encode(text))
@@ -203,11 +216,7 @@ class _State:
         self.pieces.append(completion.text)
         self.num_tokens += len(completion.token_ids)
         if out.finished:
-            reason = completion.finish_reason
-            if reason == "stop":
-                self.finish = "stop" if isinstance(completion.stop_reason, str) else "eos"
-            else:
-                self.finish = _FINISH.get(str(reason), "error")
+            self.finish = finish_reason(completion)
 
     def generation(self) -> Generation:
         return Generation(

@@ -1,0 +1,48 @@
+"""Early stopping: has the vote of one problem been decided, so the candidates still running can go?
+
+Two kinds of rule, both configurable in ``[vote]``: ``"k/n"`` agreement rules (stop once one answer
+has k votes among the first n answers; imagination-research stopped AIMO2 problems at 4/4, 4/5, 5/7,
+6/9) and *decided* (the leader is ahead by more votes than the candidates still to come could give
+the runner-up). Rules tighten when the run is ahead of schedule (``richness`` > 1): time that would
+otherwise go unused buys more evidence. Candidates without an answer count as finished, not as votes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+from aimo_kernel.config import VoteConfig, parse_agreement_rule
+
+MAX_TIGHTENING = 4.0  # rules are never scaled by more than this
+
+
+class AgreementTracker:
+    def __init__(self, vote: VoteConfig, *, richness: float = 1.0) -> None:
+        scale = min(MAX_TIGHTENING, max(1.0, richness))
+        self.rules: Sequence[tuple[int, int]] = [
+            (math.ceil(k * scale), math.ceil(n * scale)) for k, n in map(parse_agreement_rule, vote.agreement_rules)
+        ]
+        self.stop_when_decided = vote.stop_when_decided
+        self.counts: Counter[int] = Counter()
+        self.answered = 0
+
+    def add(self, answer: int | None) -> None:
+        if answer is not None:
+            self.counts[answer] += 1
+            self.answered += 1
+
+    def decided(self, still_to_come: int) -> str:
+        """The rule that decides the vote now ("4/5", "decided"), or "" while it is open."""
+        if not self.counts:
+            return ""
+        top = self.counts.most_common(2)
+        lead = top[0][1]
+        for k, n in self.rules:
+            if self.answered <= n and lead >= k:
+                return f"{k}/{n}"
+        runner_up = top[1][1] if len(top) > 1 else 0
+        if self.stop_when_decided and lead - runner_up > still_to_come:
+            return "decided"
+        return ""

@@ -1,0 +1,96 @@
+"""vLLM streaming backend (``AsyncLLM``): each candidate is its own request, streamed and abortable.
+
+Imports vLLM only when an engine is created. Shares the engine arguments with the offline backend
+(:func:`aimo_kernel.engine.vllm_backend.engine_args`), drops those the installed vLLM does not know,
+and must be created and used on one running event loop (the scheduler's). It does not restart
+itself: :attr:`alive` turns False when the engine core dies, and the run rebuilds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aimo_kernel.config import Config
+from aimo_kernel.engine.base import Delta, EngineError, GenerationRequest, SamplingParams
+from aimo_kernel.engine.vllm_backend import engine_args, engine_env, finish_reason, render_chat, supported_args
+from aimo_kernel.tinymodel import resolve_model
+
+log = logging.getLogger(__name__)
+
+
+class AsyncVLLMEngine:
+    name = "vllm"
+
+    def __init__(self, config: Config) -> None:
+        cfg = config.engine
+        try:
+            model_path = str(resolve_model(cfg.model))
+        except FileNotFoundError as exc:
+            raise EngineError(str(exc)) from None
+        env = engine_env(cfg)
+        env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the streaming engine always runs its core apart
+        for key, value in env.items():
+            os.environ.setdefault(key, value)
+        self._engine = self._load(engine_args(cfg, model_path, seed=config.sampling.seed))
+        self._tokenizer = self._engine.get_tokenizer()
+        self.max_model_len = cfg.max_model_len
+
+    @staticmethod
+    def _load(args: dict[str, Any]) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        kept, dropped = supported_args(args, {f.name for f in dataclasses.fields(AsyncEngineArgs)})
+        if "attention_backend" in dropped:  # vLLM < 0.17 reads it from the environment
+            os.environ.setdefault("VLLM_ATTENTION_BACKEND", str(dropped["attention_backend"]))
+        if dropped:
+            log.info("this vLLM does not take %s; left out", ", ".join(sorted(dropped)))
+        try:
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(**kept))
+        except Exception as exc:  # vLLM raises many types; the caller needs one
+            raise EngineError(f"vLLM could not load {args['model']}: {type(exc).__name__}: {exc}") from exc
+
+    def chat_prompt(self, problem: str) -> str:
+        return render_chat(self._tokenizer, problem)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer.encode(text))
+
+    async def stream(self, request: GenerationRequest, params: SamplingParams, request_id: str) -> AsyncIterator[Delta]:
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        sampling = VllmSamplingParams(
+            n=1, temperature=params.temperature, top_p=params.top_p, max_tokens=request.max_tokens,
+            seed=request.seed, stop=list(params.stop), include_stop_str_in_output=True,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        async for out in self._engine.generate(request.prompt, sampling, request_id):
+            completion = out.outputs[0]
+            yield Delta(
+                text=completion.text,
+                num_tokens=len(completion.token_ids),
+                finish_reason=finish_reason(completion) if out.finished else None,
+                prompt_tokens=len(out.prompt_token_ids or ()),
+                cached_tokens=out.num_cached_tokens or 0,
+            )
+
+    async def abort(self, request_id: str) -> None:
+        await self._engine.abort(request_id)
+
+    @property
+    def alive(self) -> bool:
+        return self._engine is not None and not self._engine.errored
+
+    def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.shutdown()
+
+
+def create_engine(config: Config) -> AsyncVLLMEngine:
+    return AsyncVLLMEngine(config)

@@ -1,0 +1,133 @@
+"""Discrete-event simulation of a whole competition run under a fake clock, to check the time budgets.
+
+The real :class:`~aimo_kernel.budget.BudgetPlanner` plans every problem; what a problem then takes is
+drawn from documented distributions instead of running a model:
+
+* **Problem kinds** (per problem): 25% *easy* (each candidate's answer is the majority answer with
+  probability U(0.6, 0.9)), 35% *medium* (U(0.25, 0.6)), 40% *hard* (never converge: they keep
+  sampling and use every second they are given).
+* **Tokens per candidate**: per round, 85% lognormal(median 350, σ 0.6) and 15% a runaway that hits
+  the 2048-token round cap; rounds per candidate uniform in 1..M.
+* **Time**: all candidates in flight decode together, one token each per step of the T4×2 model of
+  :mod:`aimo_kernel.hardware` (batch = candidates in flight, mean context 1,200 tokens), so a
+  candidate finishes after its tokens × the step time plus its code (median 0.4 s a round, 3% time
+  out at 5 s). A finished candidate is replaced by a new one while the vote is undecided, up to 4N.
+* **Convergence**: the problem stops when the 4th answer agreeing with the majority arrives; one
+  that does not get there with 4N candidates never converges.
+* **Engine stalls**: each problem stalls with probability 3% at a uniform time; the stall is noticed
+  after ``stall_timeout_s`` (or at the problem's stop, if sooner) and the engine is restarted in
+  U(60, 240) s before the next problem.
+* Every problem may overrun its stop by U(0, overrun_allowance_s) (aborting, killing code).
+
+Model load is U(120, 300) s before the first problem. Not a model of answer accuracy.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from dataclasses import dataclass, field
+
+from aimo_kernel.budget import BudgetPlanner, ProblemBudget
+from aimo_kernel.config import Config
+from aimo_kernel.hardware import T4X2, ThroughputModel
+
+
+@dataclass
+class FakeClock:
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(frozen=True)
+class SimProblem:
+    index: int
+    kind: str
+    given: float
+    used: float
+    speed_level: int
+    stalled: bool
+
+
+@dataclass
+class SimRun:
+    deadline: float  # the competition's hard limit (total_seconds after the start)
+    end: float
+    load_seconds: float
+    problems: list[SimProblem] = field(default_factory=list)
+
+    @property
+    def margin(self) -> float:
+        return self.deadline - self.end
+
+    def used_share(self, planned_end: float) -> float:
+        """Share of the time available to problems (planned end minus model load) that problems used."""
+        available = planned_end - self.load_seconds
+        return sum(p.used for p in self.problems) / available
+
+
+def _candidate_tokens(rng: random.Random, rounds: int) -> float:
+    total = 0.0
+    for _ in range(rounds):
+        total += 2048 if rng.random() < 0.15 else min(2048.0, rng.lognormvariate(math.log(350), 0.6))
+    return total
+
+
+def _code_seconds(rng: random.Random) -> float:
+    return 5.0 if rng.random() < 0.03 else rng.lognormvariate(math.log(0.4), 0.8)
+
+
+def natural_seconds(rng: random.Random, kind: str, model: ThroughputModel, num_candidates: int,
+                    max_rounds: int, *, agree: int = 4) -> float:
+    """How long the problem runs before its vote is decided (inf: never)."""
+    if kind == "hard":
+        return math.inf
+    q = rng.uniform(0.6, 0.9) if kind == "easy" else rng.uniform(0.15, 0.45)
+    step = model.step_seconds(num_candidates, 1200.0)
+    slots = [0.0] * num_candidates  # a heap of when each slot in flight next becomes free
+    finishes = []
+    for _ in range(4 * num_candidates):
+        free_at = heapq.heappop(slots)
+        rounds = rng.randint(1, max_rounds)
+        took = _candidate_tokens(rng, rounds) * step + sum(_code_seconds(rng) for _ in range(rounds))
+        heapq.heappush(slots, free_at + took)
+        finishes.append((free_at + took, rng.random() < q))
+    agreeing = 0
+    for finished_at, majority in sorted(finishes):
+        agreeing += majority
+        if agreeing >= agree:
+            return finished_at
+    return math.inf
+
+
+def agreement_votes(base: int, plan: ProblemBudget) -> int:
+    return math.ceil(base * min(4.0, max(1.0, plan.richness)))
+
+def simulate_run(config: Config, seed: int, *, model: ThroughputModel = T4X2, stall_rate: float = 0.03) -> SimRun:
+    rng = random.Random(seed)
+    clock = FakeClock()
+    budget = config.budget
+    load = rng.uniform(120, 300)
+    clock.now = load
+    planner = BudgetPlanner(budget, config.tir, start=0.0, clock=clock)
+    run = SimRun(deadline=budget.total_seconds, end=0.0, load_seconds=load)
+    kinds = rng.choices(("easy", "medium", "hard"), weights=(0.2, 0.3, 0.5), k=planner.num_problems)
+    for kind in kinds:
+        plan = planner.plan()
+        natural = natural_seconds(rng, kind, model, plan.num_candidates, plan.max_rounds,
+                                  agree=agreement_votes(4, plan))
+        used = min(natural, plan.seconds)
+        stalled = rng.random() < stall_rate
+        if stalled:  # the stall ends the problem once noticed, or at its stop
+            used = min(plan.seconds, rng.uniform(0, used) + budget.stall_timeout_s)
+        used += rng.uniform(0, budget.overrun_allowance_s)
+        clock.now += used
+        planner.done(plan.seconds, used)
+        run.problems.append(SimProblem(plan.index, kind, plan.seconds, used, plan.speed_level, stalled))
+        if stalled and plan.index < planner.num_problems - 1:
+            clock.now += rng.uniform(60, 240)  # engine restart
+    run.end = clock.now
+    return run
