@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aimo_kernel.config import Config
-from aimo_kernel.engine.base import Delta, EngineError, GenerationRequest, SamplingParams
-from aimo_kernel.engine.vllm_backend import engine_args, engine_env, finish_reason, render_chat, supported_args
-from aimo_kernel.tinymodel import resolve_model
+from aimo_kernel.engine.base import Delta, GenerationRequest, SamplingParams
+from aimo_kernel.engine.vllm_backend import finish_reason, load_error, prepare, render_chat
 
 log = logging.getLogger(__name__)
 
@@ -26,33 +24,16 @@ class AsyncVLLMEngine:
     name = "vllm"
 
     def __init__(self, config: Config) -> None:
-        cfg = config.engine
-        try:
-            model_path = str(resolve_model(cfg.model))
-        except FileNotFoundError as exc:
-            raise EngineError(str(exc)) from None
-        env = engine_env(cfg)
-        env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the streaming engine always runs its core apart
-        for key, value in env.items():
-            os.environ.setdefault(key, value)
-        self._engine = self._load(engine_args(cfg, model_path, seed=config.sampling.seed))
-        self._tokenizer = self._engine.get_tokenizer()
-        self.max_model_len = cfg.max_model_len
-
-    @staticmethod
-    def _load(args: dict[str, Any]) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        kept, dropped = supported_args(args, {f.name for f in dataclasses.fields(AsyncEngineArgs)})
-        if "attention_backend" in dropped:  # vLLM < 0.17 reads it from the environment
-            os.environ.setdefault("VLLM_ATTENTION_BACKEND", str(dropped["attention_backend"]))
-        if dropped:
-            log.info("this vLLM does not take %s; left out", ", ".join(sorted(dropped)))
+        args = prepare(config, {f.name for f in dataclasses.fields(AsyncEngineArgs)}, streaming=True)
         try:
-            return AsyncLLM.from_engine_args(AsyncEngineArgs(**kept))
+            self._engine: Any = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
         except Exception as exc:  # vLLM raises many types; the caller needs one
-            raise EngineError(f"vLLM could not load {args['model']}: {type(exc).__name__}: {exc}") from exc
+            raise load_error(args, exc) from exc
+        self._tokenizer = self._engine.get_tokenizer()
+        self.max_model_len = config.engine.max_model_len
 
     def chat_prompt(self, problem: str) -> str:
         return render_chat(self._tokenizer, problem)

@@ -103,37 +103,46 @@ def render_chat(tokenizer: Any, problem: str) -> str:
     return Template(CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=True)
 
 
+def prepare(config: Config, known: set[str], *, streaming: bool) -> dict[str, Any]:
+    """Resolve the model, set vLLM's environment, and return the arguments this vLLM accepts."""
+    cfg = config.engine
+    try:
+        model_path = str(resolve_model(cfg.model))
+    except FileNotFoundError as exc:
+        raise EngineError(str(exc)) from None
+    env = engine_env(cfg)
+    if streaming:  # the streaming engine always runs its core in another process
+        env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    kept, dropped = supported_args(engine_args(cfg, model_path, seed=config.sampling.seed), known)
+    if "attention_backend" in dropped:  # vLLM < 0.17 reads it from the environment
+        os.environ.setdefault("VLLM_ATTENTION_BACKEND", str(dropped["attention_backend"]))
+    if dropped:
+        log.info("this vLLM does not take %s; left out", ", ".join(sorted(dropped)))
+    return kept
+
+
+def load_error(args: dict[str, Any], exc: Exception) -> EngineError:
+    return EngineError(f"vLLM could not load {args['model']}: {type(exc).__name__}: {exc}")
+
+
 class VLLMEngine:
     """A loaded vLLM offline engine (``vllm.LLM``) driven step by step."""
 
     name = "vllm-offline"
 
     def __init__(self, config: Config) -> None:
-        cfg = config.engine
-        try:
-            model_path = str(resolve_model(cfg.model))
-        except FileNotFoundError as exc:
-            raise EngineError(str(exc)) from None
-        for key, value in engine_env(cfg).items():
-            os.environ.setdefault(key, value)
-        self._llm = self._load(engine_args(cfg, model_path, seed=config.sampling.seed))
-        self._tokenizer = self._llm.get_tokenizer()
-        self.max_model_len = cfg.max_model_len
-        self._ids = itertools.count()
-
-    @staticmethod
-    def _load(args: dict[str, Any]) -> Any:
         from vllm import LLM
 
-        kept, dropped = supported_args(args, _known_engine_args())
-        if "attention_backend" in dropped:  # vLLM < 0.17 reads it from the environment
-            os.environ.setdefault("VLLM_ATTENTION_BACKEND", str(dropped["attention_backend"]))
-        if dropped:
-            log.info("this vLLM does not take %s; left out", ", ".join(sorted(dropped)))
+        args = prepare(config, _known_engine_args(), streaming=False)
         try:
-            return LLM(**kept)
+            self._llm: Any = LLM(**args)
         except Exception as exc:  # vLLM raises many types; the caller needs one
-            raise EngineError(f"vLLM could not load {args['model']}: {type(exc).__name__}: {exc}") from exc
+            raise load_error(args, exc) from exc
+        self._tokenizer = self._llm.get_tokenizer()
+        self.max_model_len = config.engine.max_model_len
+        self._ids = itertools.count()
 
     def chat_prompt(self, problem: str) -> str:
         return render_chat(self._tokenizer, problem)
