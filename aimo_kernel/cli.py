@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("config", help="print the resolved configuration as TOML")
     _config_args(show)
+    from aimo_kernel import calibrate, profile
+
+    profile.add_parser(sub)
+    calibrate.add_parser(sub)
     return parser
 
 
@@ -114,7 +118,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"solve": cmd_solve, "dry-run": cmd_dry_run, "config": cmd_config}
+    from aimo_kernel import calibrate, profile
+
+    commands = {"solve": cmd_solve, "dry-run": cmd_dry_run, "config": cmd_config,
+                "profile": profile.run, "calibrate": calibrate.run}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ until a calibration measured on the real hardware replaces them. Not a simulator
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 GB = 1e9
 MB = 1e6
@@ -45,3 +46,38 @@ H100 = ThroughputModel(name="h100", weight_bytes=7.06 * GB, kv_bytes_per_token=0
                        efficiency=0.7, fixed_step_s=0.002, max_batch=256)
 
 MODELS = {m.name: m for m in (T4X2, L4X4, H100)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FittedThroughputModel(ThroughputModel):
+    """A model fitted to measured steps (``aimo-kernel calibrate``): adds a cost per sequence in the batch.
+
+    On a CPU, or a GPU at small batch, sampling and the per-sequence work are not negligible next to the
+    weight read; ``weight_bytes`` and ``kv_bytes_per_token`` are then effective bytes at ``bandwidth``.
+    """
+
+    per_sequence_s: float = 0.0
+
+    def step_seconds(self, batch: int, mean_context: float) -> float:
+        return super().step_seconds(batch, mean_context) + max(1, min(batch, self.max_batch)) * self.per_sequence_s
+
+
+def load_calibration(path: str | Path) -> ThroughputModel:
+    """The throughput model of a calibration file written by ``aimo-kernel calibrate`` (its ``model`` table)."""
+    import json
+
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        fields = dict(data["model"])
+    except (KeyError, TypeError):
+        raise ValueError(f"{path}: not a calibration file (no 'model' table)") from None
+    return FittedThroughputModel(**fields)
+
+
+def throughput_model(name_or_path: str) -> ThroughputModel:
+    """A named model (t4x2, l4x4, h100) or the one of a calibration file."""
+    if name_or_path in MODELS:
+        return MODELS[name_or_path]
+    if Path(name_or_path).is_file():
+        return load_calibration(name_or_path)
+    raise ValueError(f"unknown hardware {name_or_path!r}: use {', '.join(MODELS)} or a calibration file")

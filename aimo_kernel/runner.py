@@ -190,11 +190,26 @@ class Runner:
     def close(self, *, keep_loop: bool = False) -> None:
         if self._solver is not None:
             if self.close_engine:
-                self._solver.engine.close()
+                self._close_engine(self._solver.engine)
             self._solver.sandbox.close()
         if self.loop is not None and not keep_loop and self.close_engine:
             self.loop.close()
             self.loop = None
+
+
+    def _close_engine(self, engine: Engine | AsyncEngine) -> None:
+        """A streaming engine is closed on its own loop, where its tasks live."""
+        if self.loop is None:
+            engine.close()
+            return
+
+        async def close() -> None:
+            engine.close()
+
+        try:
+            self.loop.run(close(), timeout=60.0)
+        except Exception as exc:  # closing must not lose the run's answers
+            log.warning("engine close: %s: %s", type(exc).__name__, exc)
 
 
 def effort_for(config: Config, plan: ProblemBudget) -> Effort:

@@ -20,14 +20,20 @@ from aimo_kernel.engine.vllm_backend import finish_reason, load_error, prepare, 
 log = logging.getLogger(__name__)
 
 
+def _known_args() -> set[str]:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+
+
 class AsyncVLLMEngine:
     name = "vllm"
 
     def __init__(self, config: Config) -> None:
+        args = prepare(config, _known_args, streaming=True)
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = prepare(config, {f.name for f in dataclasses.fields(AsyncEngineArgs)}, streaming=True)
         try:
             self._engine: Any = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
         except Exception as exc:  # vLLM raises many types; the caller needs one
@@ -69,8 +75,12 @@ class AsyncVLLMEngine:
 
     def close(self) -> None:
         engine, self._engine = self._engine, None
-        if engine is not None:
-            engine.shutdown()
+        if engine is None:
+            return
+        handler = getattr(engine, "output_handler", None)
+        if handler is not None:  # stop reading first: a core shut down under it logs EngineDeadError
+            handler.cancel()
+        engine.shutdown()
 
 
 def create_engine(config: Config) -> AsyncVLLMEngine:

@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aimo_kernel.config import Config, EngineConfig
@@ -103,8 +103,11 @@ def render_chat(tokenizer: Any, problem: str) -> str:
     return Template(CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=True)
 
 
-def prepare(config: Config, known: set[str], *, streaming: bool) -> dict[str, Any]:
-    """Resolve the model, set vLLM's environment, and return the arguments this vLLM accepts."""
+def prepare(config: Config, known: Callable[[], set[str]], *, streaming: bool) -> dict[str, Any]:
+    """Resolve the model, set vLLM's environment, and return the arguments this vLLM accepts.
+
+    The model is resolved before ``known`` imports vLLM, so a missing folder fails fast and quietly.
+    """
     cfg = config.engine
     try:
         model_path = str(resolve_model(cfg.model))
@@ -115,7 +118,7 @@ def prepare(config: Config, known: set[str], *, streaming: bool) -> dict[str, An
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
     for key, value in env.items():
         os.environ.setdefault(key, value)
-    kept, dropped = supported_args(engine_args(cfg, model_path, seed=config.sampling.seed), known)
+    kept, dropped = supported_args(engine_args(cfg, model_path, seed=config.sampling.seed), known())
     if "attention_backend" in dropped:  # vLLM < 0.17 reads it from the environment
         os.environ.setdefault("VLLM_ATTENTION_BACKEND", str(dropped["attention_backend"]))
     if dropped:
@@ -133,9 +136,9 @@ class VLLMEngine:
     name = "vllm-offline"
 
     def __init__(self, config: Config) -> None:
+        args = prepare(config, _known_engine_args, streaming=False)
         from vllm import LLM
 
-        args = prepare(config, _known_engine_args(), streaming=False)
         try:
             self._llm: Any = LLM(**args)
         except Exception as exc:  # vLLM raises many types; the caller needs one
