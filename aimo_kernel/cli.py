@@ -1,4 +1,5 @@
-"""The ``aimo-kernel`` command line: ``solve``, ``dry-run``, ``config``.
+"""The ``aimo-kernel`` command line: ``solve``, ``dry-run``, ``config``, and the tools ``bundle``,
+``profile``, ``calibrate``, ``quantize`` and ``verify``.
 
 Every expected failure (bad config, bad CSV, missing model, broken API contract) becomes one line on
 stderr and a non-zero exit code, never a traceback. Heavy imports happen inside the commands.
@@ -50,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("config", help="print the resolved configuration as TOML")
     _config_args(show)
-    from aimo_kernel import calibrate, profile, quantize
+    from aimo_kernel import bundle, calibrate, profile, quantize
 
+    bundle.add_parser(sub)
     profile.add_parser(sub)
     calibrate.add_parser(sub)
     quantize.add_parser(sub)
@@ -110,18 +112,20 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
+    from aimo_kernel.bundle import BundleError
     from aimo_kernel.engine.base import EngineError
     from aimo_kernel.mock_api import Aimo1Error, GatewayError
     from aimo_kernel.problems import ProblemSetError
 
-    return (CliError, ConfigError, ProblemSetError, EngineError, GatewayError, Aimo1Error, FileNotFoundError)
+    return (CliError, ConfigError, ProblemSetError, EngineError, GatewayError, Aimo1Error, BundleError,
+            FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from aimo_kernel import calibrate, profile, quantize
+    from aimo_kernel import bundle, calibrate, profile, quantize
 
-    commands = {"solve": cmd_solve, "dry-run": cmd_dry_run, "config": cmd_config,
+    commands = {"solve": cmd_solve, "dry-run": cmd_dry_run, "config": cmd_config, "bundle": bundle.run,
                 "profile": profile.run, "calibrate": calibrate.run, **quantize.COMMANDS}
     try:
         return commands[args.command](args)

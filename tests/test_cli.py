@@ -44,6 +44,8 @@ def one_line_error(out: subprocess.CompletedProcess[str], code: int, fragment: s
         (("config", "--set", "tir.bogus=1"), 2, "unknown key(s) ['bogus'] in [tir]"),
         (("dry-run", "--problems", "/nonexistent.csv"), 1, "problems file not found"),
         (("solve", "1+1?", "--set", "engine.model=/no/such/model"), 1, "model folder /no/such/model not found"),
+        (("bundle", "--target", "nope"), 1, "unknown target 'nope'; known targets: kaggle-t4"),
+        (("quantize", "/no/src", "/tmp/dst", "--calibration", "/no.csv"), 1, "source model folder not found"),
     ],
 )
 def test_errors_are_one_clean_line(args, code, fragment):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from aimo_kernel.config import BudgetConfig, Config, EngineConfig, SamplingConfig, TIRConfig, VoteConfig
 from aimo_kernel.engine.fake import FakeAsyncEngine, FakeEngine
@@ -28,7 +29,7 @@ def test_a_stalled_engine_is_rebuilt_and_the_run_goes_on(tmp_path):
         engines.append(FakeAsyncEngine(lambda req: "Thus \\boxed{7}.", chunk=4, stall_after_tokens=stall))
         return engines[-1]
 
-    runner = Runner(config(), engine_factory=factory, trace_path=tmp_path / "trace.jsonl")
+    runner = Runner(config(), engine_factory=factory, trace_path=tmp_path / "trace.jsonl", started=time.monotonic())
     try:
         first = runner.answer("a", "Problem one?")
         second = runner.answer("b", "Problem two?")
@@ -44,7 +45,8 @@ def test_a_stalled_engine_is_rebuilt_and_the_run_goes_on(tmp_path):
 
 
 def test_every_problem_gets_a_budget_inside_the_run():
-    runner = Runner(config("fake"), engine_factory=lambda cfg: FakeEngine(lambda req: "\\boxed{5}"))
+    runner = Runner(config("fake"), engine_factory=lambda cfg: FakeEngine(lambda req: "\\boxed{5}"),
+                    started=time.monotonic())
     try:
         answers = [runner.answer(i, f"Problem {i}?") for i in range(3)]
     finally:
@@ -53,11 +55,22 @@ def test_every_problem_gets_a_budget_inside_the_run():
     assert all(0 < r.budget_s <= 20.0 for r in runner.records)
 
 
+def test_the_run_clock_starts_with_the_process():
+    # The competition's time runs from the notebook's start: a runner created late has less left.
+    runner = Runner(config("fake"), engine_factory=lambda cfg: FakeEngine(lambda req: "\\boxed{5}"),
+                    started=time.monotonic() - 115.0)
+    try:
+        assert runner.answer("late", "Problem?") == 0  # 120 s run, 10 s margin: nothing left to plan
+    finally:
+        runner.close()
+    assert runner.records[0].budget_s == 0.0
+
+
 def test_an_engine_that_cannot_load_still_answers_every_problem():
     def factory(cfg):
         raise RuntimeError("no GPU")
 
-    runner = Runner(config(), engine_factory=factory)
+    runner = Runner(config(), engine_factory=factory, started=time.monotonic())
     try:
         assert [runner.answer(i, "x") for i in range(2)] == [0, 0]
     finally:
