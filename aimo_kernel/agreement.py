@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from aimo_kernel.config import VoteConfig, parse_agreement_rule
 
@@ -32,6 +32,14 @@ class AgreementTracker:
         if answer is not None:
             self.counts[answer] += 1
             self.answered += 1
+
+    def recount(self, answers: Iterable[int | None], still_to_come: int) -> str:
+        """Start over from these answers (synchronous rounds vote on everything finished so far)."""
+        self.counts.clear()
+        self.answered = 0
+        for answer in answers:
+            self.add(answer)
+        return self.decided(still_to_come)
 
     def decided(self, still_to_come: int) -> str:
         """The rule that decides the vote now ("4/5", "decided"), or "" while it is open."""

@@ -46,6 +46,7 @@ from aimo_kernel.solver import (
     problem_prompt,
     sampling_params,
     seed_base,
+    vote_so_far,
 )
 
 log = logging.getLogger(__name__)
@@ -224,12 +225,7 @@ class AsyncSCTIR:
                 await self._barrier(st, [self._step(st, c, rnd) for c in active], active)
             except (TimeoutError, EngineStalled) as stop:
                 return "stall" if isinstance(stop, EngineStalled) else "deadline"
-            tracker.counts.clear()
-            tracker.answered = 0
-            for c in st.candidates:
-                if c.status == "done":
-                    tracker.add(candidate_answer(c, self.rule))
-            decided = tracker.decided(still_to_come=sum(c.status == "active" for c in st.candidates))
+            decided = vote_so_far(st.candidates, tracker, self.rule)
             if decided:
                 return f"agreement:{decided}"
         for c in st.candidates:

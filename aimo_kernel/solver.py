@@ -207,6 +207,12 @@ def candidate_answer(cand: Candidate, rule: AnswerRule) -> int | None:
     return None if cand.status == "pruned" else extract_answer(cand.text, rule)
 
 
+def vote_so_far(cands: Sequence[Candidate], tracker: AgreementTracker, rule: AnswerRule) -> str:
+    """After a synchronous round: the rule that decides the vote of the finished candidates, or ""."""
+    answers = [candidate_answer(c, rule) for c in cands if c.status == "done"]
+    return tracker.recount(answers, still_to_come=sum(c.status == "active" for c in cands))
+
+
 def build_result(cands: Sequence[Candidate], config: Config, rule: AnswerRule, seconds: float,
                  stop_reason: str) -> SolveResult:
     results = tuple(
@@ -258,21 +264,13 @@ class SCTIRSolver:
                 stop_reason = "deadline"
                 break
             self._round(prompt, cands, rnd, base, deadline, rnd == effort.max_rounds - 1)
-            decided = self._vote_so_far(cands, tracker)
+            decided = vote_so_far(cands, tracker, self.rule)
             if decided:
                 stop_reason = f"agreement:{decided}"
                 break
             if not any(c.status == "active" for c in cands):
                 break
         return build_result(cands, self.config, self.rule, time.monotonic() - start, stop_reason)
-
-    def _vote_so_far(self, cands: list[Candidate], tracker: AgreementTracker) -> str:
-        tracker.counts.clear()
-        tracker.answered = 0
-        for c in cands:
-            if c.status == "done":
-                tracker.add(candidate_answer(c, self.rule))
-        return tracker.decided(still_to_come=sum(c.status == "active" for c in cands))
 
     def _round(self, prompt: str, cands: list[Candidate], rnd: int, base: int, deadline: float,
                last_round: bool) -> None:
