@@ -18,11 +18,15 @@ from aimo_kernel.config import VoteConfig, parse_agreement_rule
 MAX_TIGHTENING = 4.0  # rules are never scaled by more than this
 
 
+def tightened(votes: int, richness: float) -> int:
+    """A rule's vote count scaled up when the run is ahead of schedule (``richness`` > 1)."""
+    return math.ceil(votes * min(MAX_TIGHTENING, max(1.0, richness)))
+
+
 class AgreementTracker:
     def __init__(self, vote: VoteConfig, *, richness: float = 1.0) -> None:
-        scale = min(MAX_TIGHTENING, max(1.0, richness))
         self.rules: Sequence[tuple[int, int]] = [
-            (math.ceil(k * scale), math.ceil(n * scale)) for k, n in map(parse_agreement_rule, vote.agreement_rules)
+            (tightened(k, richness), tightened(n, richness)) for k, n in map(parse_agreement_rule, vote.agreement_rules)
         ]
         self.stop_when_decided = vote.stop_when_decided
         self.counts: Counter[int] = Counter()

@@ -264,7 +264,6 @@ class EngineConfig:
     cpu_kvcache_gib: float = 1.0
     in_process: bool = False  # run vLLM's engine core in this process (faster start on CPU)
     load_timeout_s: float = 1800.0
-    step_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         _check_choice(self, "backend", ENGINE_BACKENDS)
@@ -285,7 +284,6 @@ class EngineConfig:
         _check_range(self, "swap_space_gib", 0.0, 1024.0)
         _check_range(self, "cpu_kvcache_gib", 0.0625, 1024.0)
         _check_range(self, "load_timeout_s", 1.0, 24 * 3600.0)
-        _check_range(self, "step_timeout_s", 1.0, 24 * 3600.0)
 
 
 COMPETITIONS = ("aimo1", "aimo2", "aimo3")

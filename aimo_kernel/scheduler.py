@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aimo_kernel.agreement import AgreementTracker
@@ -270,6 +270,4 @@ async def _cancel(tasks: dict[Any, Candidate]) -> None:
 
 
 def _with_error(result: SolveResult, error: str) -> SolveResult:
-    from dataclasses import replace
-
     return replace(result, error=error)

@@ -36,7 +36,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aimo_kernel.budget import BudgetPlanner, ProblemBudget
+from aimo_kernel.agreement import tightened
+from aimo_kernel.budget import BudgetPlanner
 from aimo_kernel.config import Config
 from aimo_kernel.engine.base import GenerationRequest
 from aimo_kernel.hardware import T4X2, ThroughputModel
@@ -114,9 +115,6 @@ def natural_seconds(rng: random.Random, kind: str, model: ThroughputModel, num_c
     return math.inf
 
 
-def agreement_votes(base: int, plan: ProblemBudget) -> int:
-    return math.ceil(base * min(4.0, max(1.0, plan.richness)))
-
 def simulate_run(config: Config, seed: int, *, model: ThroughputModel = T4X2, stall_rate: float = 0.03) -> SimRun:
     rng = random.Random(seed)
     clock = FakeClock()
@@ -129,7 +127,7 @@ def simulate_run(config: Config, seed: int, *, model: ThroughputModel = T4X2, st
     for kind in kinds:
         plan = planner.plan()
         natural = natural_seconds(rng, kind, model, plan.num_candidates, plan.max_rounds,
-                                  agree=agreement_votes(4, plan))
+                                  agree=tightened(4, plan.richness))
         used = min(natural, plan.seconds)
         stalled = rng.random() < stall_rate
         if stalled:  # the stall ends the problem once noticed, or at its stop

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from aimo_kernel.config import Config
 from aimo_kernel.engine.base import Delta, Generation, GenerationRequest, SamplingParams
 
-# Given a request and how many times this exact prompt was seen before, return the raw continuation.
+# Given a request (the prompt so far, its token budget and seed), return the raw continuation.
 Responder = Callable[[GenerationRequest], str]
 
 

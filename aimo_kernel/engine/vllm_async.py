@@ -9,15 +9,12 @@ itself: :attr:`alive` turns False when the engine core dies, and the run rebuild
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aimo_kernel.config import Config
 from aimo_kernel.engine.base import Delta, GenerationRequest, SamplingParams
 from aimo_kernel.engine.vllm_backend import finish_reason, load_error, prepare, render_chat
-
-log = logging.getLogger(__name__)
 
 
 def _known_args() -> set[str]:
