@@ -12,7 +12,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check aimo_kernel tests benchmarks
+	$(VENV)/bin/ruff check aimo_kernel tests benchmarks tools
 	$(VENV)/bin/mypy aimo_kernel
 
 setup: $(STAMP)

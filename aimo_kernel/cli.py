@@ -1,4 +1,4 @@
-"""The ``aimo-kernel`` command line: ``solve``, ``dry-run``, ``config``, and the tools ``bundle``,
+"""The ``aimo-kernel`` command line: ``solve``, ``dry-run``, ``eval``, ``config``, and the tools ``bundle``,
 ``profile``, ``calibrate``, ``quantize`` and ``verify``.
 
 Every expected failure (bad config, bad CSV, missing model, broken API contract) becomes one line on
@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     dry.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _config_args(dry)
 
+    _eval_parser(sub)
+
     show = sub.add_parser("config", help="print the resolved configuration as TOML")
     _config_args(show)
     from aimo_kernel import bundle, calibrate, profile, quantize
@@ -58,6 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_parser(sub)
     quantize.add_parser(sub)
     return parser
+
+
+def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ev = sub.add_parser("eval", help="score SC-TIR on problems with gold answers: pass@1, maj@N, pass@N")
+    ev.add_argument("--problems", type=Path, required=True, help="CSV with id,problem,answer (every row answered)")
+    ev.add_argument("--out", type=Path, default=Path("out/eval"), help="where eval.csv and trace.jsonl go")
+    ev.add_argument("--candidates", type=int, metavar="N", help="candidates per problem (default: tir.num_candidates)")
+    ev.add_argument("--per-problem-seconds", type=float, metavar="S",
+                    help="cap per problem (default: budget.per_problem_seconds)")
+    ev.add_argument("--time-limit", type=float, metavar="S",
+                    help="overall limit, checked before each problem starts (default: budget.total_seconds)")
+    ev.add_argument("--concurrency", type=int, default=1, metavar="K",
+                    help="problems solved at once on a streaming engine (default: 1)")
+    ev.add_argument("--quiet", action="store_true", help="print only the overall row")
+    ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _config_args(ev)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -104,6 +122,18 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from aimo_kernel.evaluate import EvalOptions, format_report, run_eval
+
+    config = _load(args)
+    options = EvalOptions(candidates=args.candidates, per_problem_seconds=args.per_problem_seconds,
+                          time_limit_s=args.time_limit, concurrency=args.concurrency)
+    _quiet_engine(args.verbose)
+    report = run_eval(config, args.problems, options, out_dir=args.out, show_progress=not args.no_progress)
+    print(format_report(report, quiet=args.quiet))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from aimo_kernel.config import to_toml
 
@@ -125,8 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from aimo_kernel import bundle, calibrate, profile, quantize
 
-    commands = {"solve": cmd_solve, "dry-run": cmd_dry_run, "config": cmd_config, "bundle": bundle.run,
-                "profile": profile.run, "calibrate": calibrate.run, **quantize.COMMANDS}
+    commands = {"solve": cmd_solve, "dry-run": cmd_dry_run, "eval": cmd_eval, "config": cmd_config,
+                "bundle": bundle.run, "profile": profile.run, "calibrate": calibrate.run, **quantize.COMMANDS}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

@@ -228,7 +228,7 @@ def parse_agreement_rule(rule: object) -> tuple[int, int]:
     return k, n
 
 
-ENGINE_BACKENDS = ("vllm", "vllm-offline", "fake", "fake-async")
+ENGINE_BACKENDS = ("vllm", "vllm-offline", "fake", "fake-async", "transformers")
 DTYPES = ("auto", "half", "float16", "bfloat16", "float32")
 QUANTIZATIONS = ("none", "gptq")
 GPTQ_KERNELS = ("auto", "marlin", "legacy")
@@ -238,14 +238,15 @@ GPTQ_KERNELS = ("auto", "marlin", "legacy")
 class EngineConfig:
     """Which engine runs the model and with which arguments.
 
-    ``model`` is a local folder, or ``builtin:tiny-random-llama`` for the model the package creates
-    itself. ``quantization`` says what the checkpoint is; ``gptq_kernel`` picks vLLM's kernel
-    (``auto`` lets vLLM choose Marlin where the card supports it). ``cpu_kvcache_gib`` only
-    matters to the CPU build of vLLM.
+    ``model`` is a local folder, or a built-in model: ``builtin:tiny-tir`` (trained, shipped inside
+    the package) or ``builtin:tiny-random-llama`` (random, created on first use).
+    ``quantization`` says what the checkpoint is; ``gptq_kernel`` picks vLLM's kernel (``auto`` lets
+    vLLM choose Marlin where the card supports it). ``cpu_kvcache_gib`` only matters to the CPU build
+    of vLLM.
     """
 
     backend: str = "vllm"
-    model: str = "builtin:tiny-random-llama"
+    model: str = "builtin:tiny-tir"
     dtype: str = "auto"
     quantization: str = "none"
     gptq_kernel: str = "auto"

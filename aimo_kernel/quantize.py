@@ -225,7 +225,8 @@ def default_prompts(tokenizer: Any) -> list[str]:
     """Verify's prompts when none are given: the bundled sample problems, as the solver renders them."""
     from aimo_kernel.problems import bundled_problems_path, read_problems
 
-    return [render_text(tokenizer, p.problem, None) for p in read_problems(bundled_problems_path())[:6]]
+    problems = read_problems(bundled_problems_path("competition-sample"))[:6]
+    return [render_text(tokenizer, p.problem, None) for p in problems]
 
 
 def tokenize_calibration(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[dict[str, list[int]]]:

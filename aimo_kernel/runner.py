@@ -16,7 +16,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -305,13 +305,20 @@ def dry_run(config: Config, problems: Path, out_dir: Path, *, seed: int | None =
                         seconds=time.monotonic() - t0)
 
 
+def id_width(ids: Iterable[object], *, least: int = 18, most: int = 40) -> int:
+    """A table's id column: wide enough for the longest id (so ids sharing a long prefix stay
+    distinct), within [least, most]."""
+    return max(least, min(most, max((len(str(i)) for i in ids), default=least)))
+
+
 def format_table(report: DryRunReport) -> str:
-    header = f"{'id':<18} {'answer':>7} {'gold':>7} {'ok':>3} {'seconds':>8} {'tokens':>7} {'code':>5}  stop"
+    w = id_width(r.id for r in report.records)
+    header = f"{'id':<{w}} {'answer':>7} {'gold':>7} {'ok':>3} {'seconds':>8} {'tokens':>7} {'code':>5}  stop"
     lines = [header, "-" * len(header)]
     for r in report.records:
         gold = "" if r.gold is None else str(r.gold)
         ok = {True: "yes", False: "no", None: ""}[r.correct]
-        lines.append(f"{str(r.id)[:18]:<18} {r.answer:>7} {gold:>7} {ok:>3} {r.seconds:>8.2f} {r.tokens:>7} "
+        lines.append(f"{str(r.id)[:w]:<{w}} {r.answer:>7} {gold:>7} {ok:>3} {r.seconds:>8.2f} {r.tokens:>7} "
                      f"{r.code_blocks:>5}  {r.stop_reason}")
     acc = report.accuracy
     graded = sum(r.correct is not None for r in report.records)

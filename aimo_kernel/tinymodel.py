@@ -1,10 +1,15 @@
-"""The tiny random Llama the package creates itself, so every code path runs without a download.
+"""The built-in tiny models, so every code path runs on any CPU machine without a download.
 
-Writes a complete Hugging Face checkpoint folder: ``config.json`` (LlamaForCausalLM), a real
-byte-level BPE ``tokenizer.json`` trained on the bundled problems with a Numina-style chat template,
-and random ``model.safetensors`` weights. Head size 32 (hidden 128, 4 heads, 2 KV heads) because
-vLLM's CPU attention needs head_dim ≥ 32. Needs ``numpy``, ``tokenizers`` and ``safetensors``, not
-torch. The weights are random: its answers are meaningless; it proves the plumbing, not the method.
+``builtin:tiny-tir`` is a 3.3M-parameter Llama trained on synthetic problems with tool-integrated
+solutions (``tools/train_tiny_tir.py``); it ships inside the package (``aimo_kernel/models/tiny-tir``)
+and really writes code, reads its output and boxes an answer. It is the default model.
+
+``builtin:tiny-random-llama`` is created on first use: a complete Hugging Face checkpoint folder
+(``config.json`` for LlamaForCausalLM, a real byte-level BPE ``tokenizer.json`` trained on the
+bundled competition problems with a Numina-style chat template, random ``model.safetensors``). Head
+size 32 (hidden 128, 4 heads, 2 KV heads) because vLLM's CPU attention needs head_dim ≥ 32. Needs
+``numpy``, ``tokenizers`` and ``safetensors``, not torch. Its answers are meaningless: it proves the
+plumbing, not the method, and serves tests that need a model with no skill.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from pathlib import Path
 
 BUILTIN_PREFIX = "builtin:"
 TINY_RANDOM = "tiny-random-llama"
+TINY_TIR = "tiny-tir"
+DEFAULT_MODEL = BUILTIN_PREFIX + TINY_TIR
 _VERSION = "v1"
 
 # The Numina TIR chat template (one user turn, then the assistant's solution).
@@ -52,12 +59,25 @@ def resolve_model(model: str) -> Path:
     """Turn an engine's ``model`` setting into a local folder, creating a built-in model if needed."""
     if model.startswith(BUILTIN_PREFIX):
         name = model[len(BUILTIN_PREFIX):]
+        if name == TINY_TIR:
+            return packaged_model_path(TINY_TIR)
         if name != TINY_RANDOM:
-            raise FileNotFoundError(f"unknown built-in model {model!r}; available: {BUILTIN_PREFIX}{TINY_RANDOM}")
+            raise FileNotFoundError(f"unknown built-in model {model!r}; available: "
+                                    f"{BUILTIN_PREFIX}{TINY_TIR}, {BUILTIN_PREFIX}{TINY_RANDOM}")
         return ensure_tiny_random_llama(cache_root() / "models" / f"{TINY_RANDOM}-{_VERSION}")
     path = Path(model).expanduser()
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model folder {path} not found or has no config.json")
+    return path
+
+
+def packaged_model_path(name: str) -> Path:
+    """A model folder shipped inside the package; FileNotFoundError if the installation lacks it."""
+    from importlib import resources
+
+    path = Path(str(resources.files("aimo_kernel") / "models" / name))
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"built-in model {name!r} is missing from this installation ({path})")
     return path
 
 
@@ -82,7 +102,7 @@ def ensure_tiny_random_llama(dest: Path, *, seed: int = 0) -> Path:
 def _training_corpus() -> list[str]:
     from aimo_kernel.problems import bundled_problems_path, read_problems
 
-    texts = [p.problem for p in read_problems(bundled_problems_path())]
+    texts = [p.problem for p in read_problems(bundled_problems_path("competition-sample"))]
     texts += [
         "Let me solve this step by step.\n```python\nfrom sympy import *\nx = symbols('x')\n"
         "print(solve(x**2 - 4, x))\n```\n```output\n[-2, 2]\n```\nThe answer is \\boxed{2}.",
@@ -109,20 +129,25 @@ def write_tokenizer(dest: Path) -> int:
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, bos_id)])
     tok.save(str(dest / "tokenizer.json"))
+    write_tokenizer_files(dest, max_length=int(_ARCH["max_position_embeddings"]))
+    return int(tok.get_vocab_size())
+
+
+def write_tokenizer_files(dest: Path, *, max_length: int) -> None:
+    """The files beside ``tokenizer.json`` that make it a transformers/vLLM tokenizer with a chat template."""
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS,
         "eos_token": EOS,
         "pad_token": PAD,
         "add_bos_token": True,
-        "model_max_length": _ARCH["max_position_embeddings"],
+        "model_max_length": max_length,
         "chat_template": CHAT_TEMPLATE,
         "clean_up_tokenization_spaces": False,
     }
-    (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (dest / "special_tokens_map.json").write_text(json.dumps({"bos_token": BOS, "eos_token": EOS,
-                                                              "pad_token": PAD}, indent=2))
-    return int(tok.get_vocab_size())
+                                                              "pad_token": PAD}, indent=2) + "\n")
 
 
 def _model_config(vocab_size: int, bos_id: int, eos_id: int) -> dict[str, object]:

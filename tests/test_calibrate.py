@@ -80,19 +80,22 @@ def test_profile_projects_on_a_calibration_file(calibration, tmp_path):
     from aimo_kernel import profile as prof
     from aimo_kernel.presets import get_preset
 
+    cfg = get_preset("cpu")
+    n = cfg.tir.num_candidates
+    assert cfg.sampling.max_new_tokens > 80  # so no round of the trace is cut by the preset
     rec = {"id": "a", "answer": 3, "gold": 3, "stop_reason": "agreement:4/4", "budget_given_s": 60.0,
-           "budget_used_s": 2.0, "votes": {"3": 4}, "tokens": 320, "code_blocks": 4,
+           "budget_used_s": 2.0, "votes": {"3": n}, "tokens": 80 * n, "code_blocks": n,
            "candidates": [{"index": i, "answer": 3, "status": "done", "reason": "eos", "restarts": 0,
                            "rounds": [{"round": 0, "tokens_in": 40, "tokens_out": 80, "gen_seconds": 0.4,
                                        "code_seconds": 0.05, "finish": "stop", "code_flags": []}]}
-                          for i in range(4)]}
+                          for i in range(n)]}
     trace = tmp_path / "trace.jsonl"
     trace.write_text(json.dumps(rec) + "\n")
-    opts = prof.ProfileOptions(hardware=str(calibration), trace_candidates=4, mixes=5, grid=False)
-    result = prof.profile(trace, tmp_path / "r", get_preset("cpu"), opts)
+    opts = prof.ProfileOptions(hardware=str(calibration), trace_candidates=n, mixes=5, grid=False)
+    result = prof.profile(trace, tmp_path / "r", cfg, opts)
     model = load_calibration(calibration)
-    # one problem's candidates all decode together: 80 tokens (under the preset's 96) at the model's step
-    # with 40 + 80 / 2 tokens of context, plus the code
-    one = 80 * model.step_seconds(4, 80) + 0.05
+    # one problem's N candidates all decode together: 80 tokens at the model's step with
+    # 40 + 80 / 2 tokens of context, plus the code
+    one = 80 * model.step_seconds(n, 80) + 0.05
     assert result.projection.runs[0].used_s[0] == pytest.approx(one)
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in result.plots)

@@ -46,7 +46,8 @@ from aimo_kernel.presets import PRESETS, get_preset
         (VoteConfig, {"tolerance": 0.7}, "VoteConfig.tolerance must be in [0, 0.5], got 0.7"),
         (VoteConfig, {"tie_break": "random"}, "VoteConfig.tie_break must be one of"),
         (EngineConfig, {"backend": "tgi"},
-         "EngineConfig.backend must be one of ('vllm', 'vllm-offline', 'fake', 'fake-async'), got 'tgi'"),
+         "EngineConfig.backend must be one of ('vllm', 'vllm-offline', 'fake', 'fake-async', 'transformers'), "
+         "got 'tgi'"),
         (EngineConfig, {"dtype": "int4"}, "EngineConfig.dtype must be one of"),
         (EngineConfig, {"gpu_memory_utilization": 1.5}, "EngineConfig.gpu_memory_utilization must be in [0.05, 0.99]"),
         (EngineConfig, {"model": ""}, "EngineConfig.model must be a non-empty path"),

@@ -1,4 +1,4 @@
-"""The built-in tiny random Llama: a complete checkpoint folder made without a download."""
+"""The built-in tiny models: the random Llama made without a download, and the trained one shipped inside."""
 
 from __future__ import annotations
 
@@ -56,3 +56,32 @@ def test_resolve_model_errors(tmp_path):
         resolve_model(str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="unknown built-in model"):
         resolve_model("builtin:gpt-9")
+
+
+# ----- builtin:tiny-tir, the trained model shipped inside the package -----------------------------
+
+
+def test_trained_model_ships_inside_the_package():
+    from aimo_kernel.presets import get_preset
+    from aimo_kernel.tinymodel import DEFAULT_MODEL
+
+    path = resolve_model(DEFAULT_MODEL)
+    assert path.parent.name == "models" and path.parent.parent.name == "aimo_kernel"
+    assert get_preset("cpu").engine.model == DEFAULT_MODEL == "builtin:tiny-tir"
+    weights = path / "model.safetensors"
+    assert weights.stat().st_size <= 20 * 1024 * 1024
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["head_dim"] >= 32
+    assert json.loads((path / "tokenizer_config.json").read_text())["chat_template"] == CHAT_TEMPLATE
+    training = json.loads((path / "training.json").read_text())
+    assert training["total_seconds"] <= 30 * 60  # trained on this 2-core machine within 30 minutes
+
+
+def test_trained_tokenizer_splits_digits_and_keeps_markers_whole():
+    tok = Tokenizer.from_file(str(resolve_model("builtin:tiny-tir") / "tokenizer.json"))
+    enc = tok.encode("Compute $123 \\times 45$.", add_special_tokens=False)
+    assert [t for t in enc.tokens if t.strip("Ġ").isdigit()] == ["1", "2", "3", "4", "5"]
+    for marker in MARKER_TOKENS:
+        assert len(tok.encode(marker, add_special_tokens=False).ids) == 1
+    text = "```python\nprint(7 ** 3)\n```\n```output\n343\n```\nSo $\\boxed{343}$."
+    assert tok.decode(tok.encode(text).ids, skip_special_tokens=True) == text

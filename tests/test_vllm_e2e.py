@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -139,18 +140,21 @@ def test_empty_and_huge_problems_get_the_fallback_and_the_run_goes_on(loop, engi
 
 
 def test_dry_run_command_end_to_end(tmp_path):
+    """The README's main job as a user runs it: the default model answers most of the bundled sample."""
     out = subprocess.run(
-        [sys.executable, "-m", "aimo_kernel", "dry-run", "--out", str(tmp_path), "--no-progress",
-         "--set", "tir.num_candidates=2"],
+        [sys.executable, "-m", "aimo_kernel", "dry-run", "--out", str(tmp_path), "--no-progress"],
         capture_output=True, text=True, timeout=600, cwd=ROOT, env=dict(os.environ),
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "accuracy: " in out.stdout and "/10 = " in out.stdout
-    rows = [line for line in out.stdout.splitlines() if line[:4] in ("2024", "2023")]
-    assert len(rows) == 10
+    ids = [p.id for p in read_problems(bundled_problems_path())]
+    rows = [line.split() for line in out.stdout.splitlines() if line.split()[:1] and line.split()[0] in ids]
+    assert sorted(r[0] for r in rows) == sorted(ids)
+    right = int(re.search(r"accuracy: (\d+)/10 = ", out.stdout).group(1))
+    assert right == sum(r[3] == "yes" for r in rows) >= 6  # measured 7/10: a majority, as the method promises
     sub = pl.read_parquet(tmp_path / "submission.parquet")
     assert sub.height == 10 and sub["answer"].is_between(0, 99_999).all()
-    assert (tmp_path / "trace.jsonl").is_file()
+    trace = [json.loads(x) for x in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    assert sum(x["code_blocks"] for x in trace) > 10 * 2  # the candidates really ran code
 
 
 def test_solve_command():

@@ -28,6 +28,7 @@ _REGISTRY: dict[str, str] = {
     "vllm-offline": "aimo_kernel.engine.vllm_backend:create_engine",
     "fake": "aimo_kernel.engine.fake:create_engine",
     "fake-async": "aimo_kernel.engine.fake:create_async_engine",
+    "transformers": "aimo_kernel.engine.hf_backend:create_engine",
 }
 
 

@@ -1,0 +1,212 @@
+"""Train the built-in tiny TIR model (``builtin:tiny-tir``) on CPU from synthetic problems.
+
+Steps, all reproducible from ``--seed``: generate training solutions with ``tools/synth_tir.py``;
+train a byte-level BPE ``tokenizer.json`` on them (digits split one by one, so numbers are copied
+digit by digit; the TIR markers are single tokens; Numina's chat template); train a small
+LlamaForCausalLM (head_dim 32, as vLLM's CPU attention needs) with plain torch on the solutions only
+(the problem and the sandbox's output blocks are context, not targets); save a Hugging Face folder
+with float32 safetensors. ``--minutes`` caps the training time; the learning rate's cosine follows
+the clock over that time, so a busy machine gives fewer steps, not a cut-off schedule.
+
+    python tools/train_tiny_tir.py --out aimo_kernel/models/tiny-tir --minutes 26
+
+Needs torch, transformers, tokenizers and safetensors (the CPU set-up has them all). Covers training
+only; evaluation is ``aimo-kernel eval`` on a held-out set from ``tools/synth_tir.py --split heldout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import synth_tir  # noqa: E402
+
+from aimo_kernel.tinymodel import BOS, EOS, MARKER_TOKENS, PAD, write_tokenizer_files  # noqa: E402
+
+ARCH = {
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 32,
+    "max_position_embeddings": 2048,
+}
+PROBLEM, SOLUTION = "### Problem: ", "### Solution: "
+
+
+def chat_text(problem: str, solution: str) -> tuple[str, int]:
+    """The training text (Numina's template) and where the solution starts in it."""
+    head = f"{PROBLEM}{problem}\n{SOLUTION}"
+    return head + solution, len(head)
+
+
+def train_tokenizer(texts: list[str], dest: Path, vocab_size: int) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_tokens(list(MARKER_TOKENS))
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, tok.token_to_id(BOS))])
+    tok.save(str(dest / "tokenizer.json"))
+    write_tokenizer_files(dest, max_length=ARCH["max_position_embeddings"])
+    return tok
+
+
+def masked_spans(text: str, start: int) -> list[tuple[int, int]]:
+    """Character spans that are context, not targets: the prompt and every output block's body."""
+    spans, i = [(0, start)], start
+    while (j := text.find("```output\n", i)) >= 0:
+        body = j + len("```output\n")
+        end = text.find("\n```\n", body)
+        spans.append((body, end + 1 if end >= 0 else len(text)))
+        i = body
+    return spans
+
+
+def encode(tok: Any, examples: list[synth_tir.Example]) -> list[tuple[list[int], list[int]]]:
+    """(token ids, loss labels) per example: labels are -100 on the masked spans, EOS closes each one."""
+    eos = tok.token_to_id(EOS)
+    out = []
+    for ex in examples:
+        text, start = chat_text(ex.problem, ex.solution)
+        enc = tok.encode(text)
+        spans = masked_spans(text, start)
+        labels = [-100 if any(a <= s < b for a, b in spans) or s == e else t
+                  for t, (s, e) in zip(enc.ids, enc.offsets)]
+        out.append((enc.ids + [eos], labels + [eos]))
+    return out
+
+
+def batches(data: list[tuple[list[int], list[int]]], tokens_per_batch: int, pad: int, rng: random.Random) -> Any:
+    """Endless shuffled batches of similar lengths, padded on the right."""
+    import torch
+
+    order = sorted(range(len(data)), key=lambda i: len(data[i][0]))
+    while True:
+        chunks, i = [], 0
+        while i < len(order):
+            n = max(1, tokens_per_batch // len(data[order[min(i + 63, len(order) - 1)]][0]))
+            chunks.append(order[i:i + n])
+            i += n
+        rng.shuffle(chunks)
+        for chunk in chunks:
+            width = max(len(data[j][0]) for j in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+            for row, j in enumerate(chunk):
+                x, y = data[j]
+                ids[row, :len(x)] = torch.tensor(x)
+                labels[row, :len(y)] = torch.tensor(y)
+            yield ids, labels
+
+
+def build_model(tok: Any, seed: int) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), bos_token_id=tok.token_to_id(BOS),
+                      eos_token_id=tok.token_to_id(EOS), pad_token_id=tok.token_to_id(PAD),
+                      rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True, **ARCH)
+    return LlamaForCausalLM(cfg)
+
+
+def lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
+    """Linear warm-up over steps, then a cosine over the share of the time budget spent."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train(model: Any, stream: Any, *, minutes: float, peak_lr: float, log_every: int = 100) -> dict[str, float]:
+    """Train until the time is up. The schedule follows the clock, not a step count, so a machine
+    busy with other work gets fewer steps but the same shape of schedule."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(0.9, 0.98), weight_decay=0.01)
+    model.train()
+    start, step, losses, warmup, budget = time.monotonic(), 0, [], 100, minutes * 60
+    while (progress := (time.monotonic() - start) / budget) < 1.0:
+        ids, labels = next(stream)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, progress, peak_lr, warmup)
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        step += 1
+        if step % log_every == 0:
+            print(f"step {step} loss {sum(losses[-log_every:]) / log_every:.4f} "
+                  f"lr {lr_at(step, progress, peak_lr, warmup):.2e} {time.monotonic() - start:.0f}s", flush=True)
+    tail = losses[-100:] or [float("nan")]
+    return {"steps": step, "seconds": time.monotonic() - start, "final_loss": sum(tail) / len(tail)}
+
+
+def save(model: Any, dest: Path, meta: dict[str, Any]) -> None:
+    model.eval()
+    model.generation_config.do_sample = False
+    model.save_pretrained(dest, safe_serialization=True)
+    (dest / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--examples", type=int, default=60_000)
+    ap.add_argument("--minutes", type=float, default=26.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--batch-tokens", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.monotonic()
+    examples = list(synth_tir.generate("train", args.examples, seed=args.seed))
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tok = train_tokenizer([chat_text(e.problem, e.solution)[0] for e in examples], tmp, args.vocab)
+    data = encode(tok, examples)
+    print(f"{len(data)} examples, {sum(len(x) for x, _ in data) / len(data):.1f} tokens each, "
+          f"vocab {tok.get_vocab_size()}, prepared in {time.monotonic() - t0:.0f}s", flush=True)
+    model = build_model(tok, args.seed)
+    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
+    stream = batches(data, args.batch_tokens, tok.token_to_id(PAD), random.Random(args.seed))
+    stats = train(model, stream, minutes=args.minutes, peak_lr=args.lr)
+    meta = {"seed": args.seed, "examples": args.examples, "minutes_cap": args.minutes, "lr": args.lr,
+            "batch_tokens": args.batch_tokens, "torch_threads": torch.get_num_threads(), **stats,
+            "total_seconds": time.monotonic() - t0, "generator": "tools/synth_tir.py", "arch": ARCH}
+    save(model, tmp, meta)
+    shutil.rmtree(args.out, ignore_errors=True)
+    tmp.rename(args.out)
+    print(json.dumps(meta), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
