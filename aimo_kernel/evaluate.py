@@ -28,7 +28,6 @@ import asyncio
 import csv
 import dataclasses
 import io
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,13 +38,20 @@ from aimo_kernel.answers import AnswerRule, majority_vote, normalize
 from aimo_kernel.config import Config, ConfigError
 from aimo_kernel.engine import AsyncEngine, Engine
 from aimo_kernel.problems import Problem, ProblemSetError, read_problems
-from aimo_kernel.runner import LoopThread, Runner, id_width, trace_record
+from aimo_kernel.runner import (
+    STREAMING_BACKENDS,
+    LoopThread,
+    Runner,
+    append_trace,
+    engine_broken,
+    id_width,
+    trace_record,
+)
 from aimo_kernel.scheduler import AsyncSCTIR
 from aimo_kernel.solver import CandidateResult, SCTIRSolver, SolveResult, answer_rule, fallback_result
 
 GRACE_S = 10.0  # past a problem's cap, how long to wait for the solver to wind down before giving up on it
 MAX_RESTARTS = 3  # an engine that keeps dying after this many rebuilds ends the run (the rest: not run)
-STREAMING_BACKENDS = ("vllm", "fake-async")  # the backends Runner drives on its event loop
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -299,14 +305,9 @@ class _Session:
         if self.trace_path is not None:
             rec = trace_record(self.problems[index].id, result, self.golds[index], seconds, None)
             rec.update(budget_given_s=self.cap, problem_index=index, speed_level=0)
-            with self.trace_path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(rec, default=str) + "\n")
+            append_trace(self.trace_path, rec)
         if self.progress is not None:
             self.progress.update(1)
-
-    def broken(self, solver: SCTIRSolver | AsyncSCTIR, result: SolveResult) -> bool:
-        """Whether the engine must be rebuilt before the next problem (as Runner decides)."""
-        return result.stop_reason == "stall" or not getattr(solver.engine, "alive", True)
 
     def solve_blocking(self, solver: SCTIRSolver, todo: list[int]) -> list[int]:
         """Solve ``todo`` in order; returns the problems not started (time limit or a broken engine)."""
@@ -316,7 +317,7 @@ class _Session:
             t0 = time.monotonic()
             result = solver.solve(self.problems[index].problem, deadline=t0 + self.cap)
             self.record(index, result, time.monotonic() - t0)
-            if self.broken(solver, result):
+            if engine_broken(solver, result):
                 return todo[pos + 1:]
         return []
 
@@ -341,7 +342,7 @@ class _Session:
                 except TimeoutError:
                     result = fallback_result(self.config, "stall", "the solver did not wind down at its deadline")
                 self.record(index, result, loop.time() - t0)
-                broken = broken or self.broken(solver, result)
+                broken = broken or engine_broken(solver, result)
 
         await asyncio.gather(*(worker() for _ in range(self.concurrency)))
         return list(reversed(queue))

@@ -30,6 +30,7 @@ from aimo_kernel.solver import Effort, SCTIRSolver, SolveResult, fallback_result
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+STREAMING_BACKENDS = ("vllm", "fake-async")  # engines that live on, and are driven from, a background event loop
 _GRACE_S = 10.0  # past a problem's budget, how long to wait for the scheduler to wind down
 
 
@@ -118,7 +119,7 @@ class Runner:
 
     def _make_engine(self) -> Engine | AsyncEngine:
         factory = self.engine_factory or (lambda cfg: get_engine(cfg.engine.backend, cfg))
-        if self.config.engine.backend in ("vllm", "fake-async") or self.loop is not None:
+        if self.config.engine.backend in STREAMING_BACKENDS or self.loop is not None:
             # a streaming engine lives on the loop that will drive it
             self.loop = self.loop or LoopThread()
 
@@ -152,7 +153,8 @@ class Runner:
             self.planner().done(plan.seconds, used)
         self.records.append(_record(problem_id, result, gold, time.monotonic() - t0, plan))
         self._trace(problem_id, result, gold, used, plan)
-        if result.stop_reason in ("stall", "error") and self._solver is not None:
+        if result.stop_reason in ("stall", "error") and self._solver is not None \
+                and engine_broken(self._solver, result):
             self._restart_engine()
         return result.answer
 
@@ -168,9 +170,6 @@ class Runner:
         """Rebuild the engine after a stall or a crash, so the next problem starts on a live one."""
         if self.engine_factory is not None and not self.close_engine:
             return  # a caller's engine is the caller's to manage
-        engine = self._solver.engine if self._solver is not None else None
-        if engine is not None and getattr(engine, "alive", True) and self.records[-1].stop_reason != "stall":
-            return  # a solver error on a live engine: nothing to rebuild
         log.warning("restarting the engine after %s", self.records[-1].stop_reason)
         self.close(keep_loop=True)
         self._solver = None
@@ -184,10 +183,7 @@ class Runner:
                plan: ProblemBudget | None) -> None:
         if self.trace_path is None:
             return
-        record = trace_record(problem_id, result, gold, used, plan)
-        self.trace_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.trace_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, default=str) + "\n")
+        append_trace(self.trace_path, trace_record(problem_id, result, gold, used, plan))
 
     def close(self, *, keep_loop: bool = False) -> None:
         if self._solver is not None:
@@ -212,6 +208,18 @@ class Runner:
             self.loop.run(close(), timeout=60.0)
         except Exception as exc:  # closing must not lose the run's answers
             log.warning("engine close: %s: %s", type(exc).__name__, exc)
+
+
+def engine_broken(solver: SCTIRSolver | AsyncSCTIR, result: SolveResult) -> bool:
+    """Whether the engine must be rebuilt before the next problem: it stalled, or it died."""
+    return result.stop_reason == "stall" or not getattr(solver.engine, "alive", True)
+
+
+def append_trace(path: Path, record: dict[str, Any]) -> None:
+    """One problem's trace record as a line of ``trace.jsonl``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, default=str) + "\n")
 
 
 def effort_for(config: Config, plan: ProblemBudget) -> Effort:

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 BUILTIN_PREFIX = "builtin:"
 TINY_RANDOM = "tiny-random-llama"
@@ -112,28 +113,43 @@ def _training_corpus() -> list[str]:
 
 
 def write_tokenizer(dest: Path) -> int:
-    """Train and save a byte-level BPE tokenizer; returns its vocabulary size."""
+    """Train and save the random model's byte-level BPE tokenizer; returns its vocabulary size."""
+    tok = train_bpe_tokenizer(_training_corpus(), dest, vocab_size=1024,
+                              max_length=int(_ARCH["max_position_embeddings"]))
+    return int(tok.get_vocab_size())
+
+
+def train_bpe_tokenizer(texts: list[str], dest: Path, *, vocab_size: int, max_length: int,
+                        split_digits: bool = False) -> Any:
+    """Train a byte-level BPE tokenizer on ``texts`` and save it with its chat template under ``dest``.
+
+    The TIR markers become single added tokens and BOS is prepended. ``split_digits`` cuts numbers
+    into single digits first, so a trained model copies them digit by digit. Returns the
+    ``tokenizers.Tokenizer``.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=1024,
+        vocab_size=vocab_size,
         special_tokens=[BOS, EOS, PAD],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_training_corpus(), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     tok.add_tokens(list(MARKER_TOKENS))
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, bos_id)])
     tok.save(str(dest / "tokenizer.json"))
-    write_tokenizer_files(dest, max_length=int(_ARCH["max_position_embeddings"]))
-    return int(tok.get_vocab_size())
+    _write_tokenizer_files(dest, max_length=max_length)
+    return tok
 
 
-def write_tokenizer_files(dest: Path, *, max_length: int) -> None:
+def _write_tokenizer_files(dest: Path, *, max_length: int) -> None:
     """The files beside ``tokenizer.json`` that make it a transformers/vLLM tokenizer with a chat template."""
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import synth_tir  # noqa: E402
 
-from aimo_kernel.tinymodel import BOS, EOS, MARKER_TOKENS, PAD, write_tokenizer_files  # noqa: E402
+from aimo_kernel.tinymodel import BOS, EOS, PAD, train_bpe_tokenizer  # noqa: E402
 
 ARCH = {
     "hidden_size": 256,
@@ -49,25 +49,6 @@ def chat_text(problem: str, solution: str) -> tuple[str, int]:
     """The training text (Numina's template) and where the solution starts in it."""
     head = f"{PROBLEM}{problem}\n{SOLUTION}"
     return head + solution, len(head)
-
-
-def train_tokenizer(texts: list[str], dest: Path, vocab_size: int) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    tok.add_tokens(list(MARKER_TOKENS))
-    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, tok.token_to_id(BOS))])
-    tok.save(str(dest / "tokenizer.json"))
-    write_tokenizer_files(dest, max_length=ARCH["max_position_embeddings"])
-    return tok
 
 
 def masked_spans(text: str, start: int) -> list[tuple[int, int]]:
@@ -190,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tok = train_tokenizer([chat_text(e.problem, e.solution)[0] for e in examples], tmp, args.vocab)
+    texts = [chat_text(e.problem, e.solution)[0] for e in examples]
+    tok = train_bpe_tokenizer(texts, tmp, vocab_size=args.vocab, max_length=ARCH["max_position_embeddings"],
+                              split_digits=True)
     data = encode(tok, examples)
     print(f"{len(data)} examples, {sum(len(x) for x, _ in data) / len(data):.1f} tokens each, "
           f"vocab {tok.get_vocab_size()}, prepared in {time.monotonic() - t0:.0f}s", flush=True)
