@@ -14,6 +14,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check aimo_kernel tests benchmarks tools
 	$(VENV)/bin/mypy aimo_kernel
+	$(VENV)/bin/lint-imports
 
 setup: $(STAMP)
 

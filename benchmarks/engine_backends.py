@@ -38,9 +38,9 @@ def main() -> None:
     parser.add_argument("--model", help="a model folder or builtin:NAME (default: the cpu preset's)")
     args = parser.parse_args()
 
+    from aimo_kernel.config.presets import get_preset
     from aimo_kernel.engine import SamplingParams, get_engine
-    from aimo_kernel.presets import get_preset
-    from aimo_kernel.solver import STOP
+    from aimo_kernel.solve.dialect import STOP
 
     cpu = get_preset("cpu")
     engine_cfg = dataclasses.replace(cpu.engine, dtype="float32", model=args.model or cpu.engine.model)

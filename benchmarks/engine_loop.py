@@ -25,8 +25,8 @@ def main() -> None:
 
     from vllm import SamplingParams as VllmParams
 
+    from aimo_kernel.config.presets import get_preset
     from aimo_kernel.engine import GenerationRequest, SamplingParams, get_engine
-    from aimo_kernel.presets import get_preset
 
     engine = get_engine("vllm", get_preset("cpu"))
     prompt = engine.chat_prompt("Find the number of ordered pairs $(a, b)$ of integers with $a^2 + b^2 = 2025$.")

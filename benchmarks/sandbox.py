@@ -2,11 +2,12 @@
 
 48 blocks typical of competition-math TIR code (sympy solve/factor/series, numpy, brute-force loops, a few
 that raise and a few that run past the timeout) run concurrently, ``--workers`` at a time, twice in the
-same run: through :class:`~aimo_kernel.sandbox_pool.PoolSandbox`, and as the baseline, each written to a
-file and run by a fresh interpreter that imports math/numpy/sympy first (``subprocess.run`` with a
-timeout, nothing else; its timeout gets ``--import-allowance`` extra seconds, since the imports count).
+same run: through :class:`~aimo_kernel.sandbox.PoolSandbox` (with the isolation it detects), and as the
+baseline, each written to a file and run by a fresh interpreter that imports math/numpy/sympy first
+(``subprocess.run`` with a timeout, nothing else; its timeout gets ``--import-allowance`` extra seconds, since the
+imports count).
 Prints median and p95 per-block latency, wall time, the ratios baseline/ours and the median cost of a
-trivial ``print(1)`` block.
+trivial ``print(1)`` block, and of the second block of a persistent session (``print(x)`` after ``x = 1``).
 
     .venv/bin/python benchmarks/sandbox.py [--workers 4] [--timeout 2] [--trivial 30]
 """
@@ -24,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from aimo_kernel.config import SandboxConfig
-from aimo_kernel.sandbox_pool import PoolSandbox
+from aimo_kernel.sandbox import PoolSandbox, describe_isolation
 
 HEADER = "import math\nimport numpy as np\nimport sympy as sp\n"
 
@@ -126,11 +127,21 @@ def main() -> None:
     base_timeout = args.timeout + args.import_allowance
     base_times, base_wall = measure(lambda c: baseline_run(sys.executable, c, base_timeout), BLOCKS, args.workers)
     trivial = [ours("print(1)") for _ in range(args.trivial)]
+    second = []
+    for _ in range(args.trivial):
+        session = pool.open_session()
+        session.run("x = 1")
+        start = time.monotonic()
+        session.run("print(x)")
+        second.append(time.monotonic() - start)
+        session.close()
+    isolation = describe_isolation(pool.isolation())
     trivial_base = [baseline_run(sys.executable, "print(1)", base_timeout) for _ in range(5)]
     pool.close()
 
     print(f"pool start-up: {startup or 0:.2f} s for {args.workers} workers (once per run); timeout {args.timeout:g} s "
           f"(baseline {base_timeout:g} s: its imports count); load average {os.getloadavg()[0]:.1f}")
+    print(f"isolation: {isolation}")
     print(f"{'':<22}{'median':>10}{'p95':>10}{'wall':>10}")
     for name, times, wall in (("fresh python3", base_times, base_wall), ("pool (ours)", ours_times, ours_wall)):
         print(f"{name:<22}{statistics.median(times) * 1e3:>8.1f}ms{p95(times) * 1e3:>8.1f}ms{wall:>9.2f}s")
@@ -138,6 +149,8 @@ def main() -> None:
           f"p95 {p95(base_times) / p95(ours_times):.1f}x, wall {base_wall / ours_wall:.1f}x")
     print(f"print(1): ours {statistics.median(trivial) * 1e3:.1f} ms median (p95 {p95(trivial) * 1e3:.1f} ms), "
           f"fresh python3 {statistics.median(trivial_base) * 1e3:.0f} ms")
+    print(f"persistent session, second block print(x): {statistics.median(second) * 1e3:.1f} ms median "
+          f"(p95 {p95(second) * 1e3:.1f} ms)")
 
 
 if __name__ == "__main__":

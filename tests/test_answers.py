@@ -1,8 +1,10 @@
-"""Answer extraction, normalisation, the range rule and the vote; every gold answer of the validation CSVs."""
+"""Answer extraction, normalisation, the range rule and the vote; every gold answer of the validation sets;
+extraction on real model outputs (tests/data/answers)."""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import time
 from collections.abc import Callable
@@ -10,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from aimo_kernel.answers import (
+from aimo_kernel.core.answers import (
+    DEFAULT_TOLERANCE,
     AnswerRule,
     extract_answer,
     extract_boxed,
@@ -25,8 +28,9 @@ AIMO3 = AnswerRule(modulus=None, max_answer=99_999)
 KEEP_NEGATIVE = AnswerRule(drop_negative=False)
 SIGNED = AnswerRule(modulus=None, min_answer=-10, max_answer=10, drop_negative=False)
 
-# The repository's sibling folder `shared` holds the validation CSVs (id,problem,answer).
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Gold answers of the validation sets and real model outputs, copied into the repository (see its README).
+DATA_DIR = Path(__file__).resolve().parent / "data" / "answers"
+WIDE = AnswerRule(modulus=None, min_answer=-(10**9), max_answer=10**9, drop_negative=False)
 
 
 @pytest.mark.parametrize(
@@ -44,13 +48,32 @@ DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
         ("\\fbox{4} \\fboxsep", "4"),
         ("\\boxed 5$.", "5"),
         ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),
-        ("\\boxed{}", ""),
         ("$\\boxed{\\boxed{6}}$", "6"),  # the box that starts last is the inner one
         ("no box here", None),
         ("", None),
         ("\\boxed", None),
         ("\\boxed{12", None),
-        ("\\boxed{5} and a cut-off \\boxed{12", None),
+        ("\\boxed{}", None),
+        ("\\boxed{ }", None),
+        # a last box that is cut off, empty or a placeholder does not erase an earlier answer
+        ("\\boxed{5} and a cut-off \\boxed{12", "5"),
+        ("\\boxed{5} and a cut-off \\boxed", "5"),
+        ("\\boxed{5} then \\boxed{}", "5"),
+        ("\\boxed{5} then $\\boxed{ }$", "5"),
+        ("\\boxed{5} then \\boxed{?}", "5"),
+        ("\\boxed{5} then \\boxed{\\dots}", "5"),
+        ("\\boxed{5} then \\boxed{\\ldots}", "5"),
+        ("\\boxed{5} then \\boxed{...}", "5"),
+        ("\\boxed{5} then \\boxed{\\_\\_\\_}", "5"),
+        ("\\boxed{5} then \\boxed{answer}", "5"),
+        ("\\boxed{5} then \\boxed{\\text{Final Answer}}", "5"),
+        ("\\boxed{5} then \\boxed{\\boxed{}}", "5"),
+        ("\\boxed{5} then \\boxed{} and a cut-off \\boxed{1", "5"),
+        ("\\boxed{5} \\boxed{} \\boxed{} \\boxed{} \\boxed{} \\boxed{} \\boxed{} \\boxed{} \\boxed{}", None),
+        # any other last box is the final word, even when it is no number
+        ("\\boxed{5} then \\boxed{\\sqrt{2}}", "\\sqrt{2}"),
+        ("\\boxed{5} then \\boxed{0.8}", "0.8"),
+        ("\\boxed{5} then \\boxed{x}", "x"),
     ],
     ids=lambda v: repr(v)[:24] if isinstance(v, str) else None,
 )
@@ -120,10 +143,36 @@ def test_extract_boxed(text, expected):
         ("5 \\text{ cm}^2", 5),
         ("18 \\text{square units}", 18),
         ("18 dollars", 18),
-        ("\\text{(C) } 5", None),
+        ("5 \\text{ and } 7", None),
+        # labels in front of the number
+        ("\\text{(C) } 5", 5),
+        ("\\text{(B) } 12", 12),
+        ("\\textbf{(C)}\\ 36", 36),
+        ("\\textbf{(C) }36", 36),
+        ("(E) 7", 7),
+        ("\\text{Answer: } 12", 12),
+        ("\\text{Final answer: } 12", 12),
+        ("\\text{The answer is } 12", 12),
+        ("\\text{The answer is } 12 \\text{ and } 13", None),
         ("\\textbf{(B)}", None),
         ("(C)", None),
-        ("5 \\text{ and } 7", None),
+        ("(A) 12 (B) 13", None),
+        # a modulus written after the number
+        ("12 \\pmod{1000}", 12),
+        ("12 \\pmod 1000", 12),
+        ("12 \\pmod{1000}.", 12),
+        ("12 \\ (\\bmod 1000)", 12),
+        ("12 (\\text{mod } 1000)", 12),
+        ("12 \\mod 1000", 12),
+        ("1234 \\pmod{1000}", 234),
+        ("-3 \\pmod{1000}", 997),
+        ("x \\equiv 376 \\pmod{1000}", 376),
+        ("2^{10} \\equiv 24 \\pmod{1000}", 24),
+        ("2^{5000} \\pmod{1000}", pow(2, 5000, 1000)),
+        ("2^{5000} \\pmod{10^{5}}", pow(2, 5000, 10**5)),
+        ("2.5 \\pmod{7}", None),
+        ("12 \\pmod{1}", None),
+        ("12 \\pmod{x}", None),
         # currency, percent, degrees, delimiters
         ("\\$18", 18),
         ("$\\$18$", 18),
@@ -151,7 +200,8 @@ def test_extract_boxed(text, expected):
         ("2 \\times 10^{3}", 2000),
         ("1e3", 1000),
         ("2.5e-1", 0.25),
-        ("2^{100000}", None),
+        ("2^{100000}", None),  # beyond 2**4096 and no modulus: not built
+        ("10^{10^{10}}", None),  # nested powers are not read
         # not numbers
         ("\\sqrt{2}", None),
         ("2\\sqrt{2}", None),
@@ -205,6 +255,10 @@ def test_parse_number_beyond_float_range_is_infinite_not_an_error():
         (1e300, 0.2, None),
         (2.0**60, 0.2, None),
         (1e15, 0.2, 10**15),
+        (12.0000001, DEFAULT_TOLERANCE, 12),
+        (11.9999999, DEFAULT_TOLERANCE, 12),
+        (12.00001, DEFAULT_TOLERANCE, None),
+        (2.8, DEFAULT_TOLERANCE, None),
     ],
 )
 def test_to_int(value, tolerance, expected):
@@ -221,9 +275,40 @@ def test_to_int(value, tolerance, expected):
         ("57447", AIMO12, 447),
         ("-5", AIMO12, None),
         ("-5", KEEP_NEGATIVE, 995),
-        ("-0.1", AIMO12, 0),
-        ("2.9999", AIMO12, 3),
+        ("-0.1", AIMO12, None),
+        ("2.9999", AIMO12, None),
         ("2.5", AIMO12, None),
+        # only float noise rounds: a decimal is no integer answer
+        ("0.8", AIMO12, None),
+        ("2.8", AIMO12, None),
+        ("499.2", AIMO12, None),
+        ("99076.92", AIMO3, None),
+        ("12.0000001", AIMO12, 12),
+        ("11.9999999", AIMO3, 12),
+        ("12.000000000000002", AIMO3, 12),
+        ("-0.0000001", AIMO12, 0),
+        ("12.00001", AIMO12, None),
+        ("12.0001", AnswerRule(tolerance=1e-3), 12),
+        # huge powers under a modulus, computed exactly without building them
+        ("2^{5000}", AIMO12, pow(2, 5000, 1000)),
+        ("2^{5000}", AIMO3, None),
+        ("2^{5000} \\pmod{1000}", AIMO3, pow(2, 5000, 1000)),
+        ("7^{123456789}", AIMO12, pow(7, 123_456_789, 1000)),
+        ("2^{10000000000}", AIMO12, pow(2, 10**10, 1000)),
+        ("3 \\cdot 2^{5000}", AIMO12, 3 * pow(2, 5000, 1000) % 1000),
+        ("2^{5000} \\cdot 3^{5000}", AIMO12, pow(6, 5000, 1000)),
+        ("-2^{5000}", AIMO12, None),
+        ("-2^{5000}", KEEP_NEGATIVE, -pow(2, 5000) % 1000),
+        ("\\frac{2^{5000}}{2}", AIMO12, None),  # a huge fraction is not reduced
+        ("1.5^{5000}", AIMO12, None),
+        ("10^{10^{10}}", AIMO12, None),
+        # labels and a written modulus
+        ("\\text{(B) } 12", AIMO12, 12),
+        ("\\textbf{(C)}\\ 36", AIMO3, 36),
+        ("\\text{Answer: } 12", AIMO12, 12),
+        ("12 \\pmod{1000}", AIMO12, 12),
+        ("12 \\pmod{1000}", AIMO3, 12),
+        ("1234 \\pmod{10^4}", AIMO12, 234),
         ("\\frac{1}{2}", AIMO12, None),
         ("\\dfrac{10}{2}", AIMO12, 5),
         ("2^{100}", AIMO12, 2**100 % 1000),
@@ -241,8 +326,8 @@ def test_to_int(value, tolerance, expected):
         ("-11", SIGNED, None),
         ("11", SIGNED, None),
         ("0", AnswerRule(min_answer=1, max_answer=10), None),
-        ("2.7", AnswerRule(tolerance=0.3), 3),
-        ("2.7", AnswerRule(tolerance=0.0), None),
+        ("3.0000001", AnswerRule(tolerance=0.0), None),
+        ("3.0", AnswerRule(tolerance=0.0), 3),
     ],
     ids=lambda v: repr(v)[:24] if isinstance(v, str) else None,
 )
@@ -257,11 +342,26 @@ def test_normalize(raw, rule, expected):
         ("\\boxed{\\frac{1}{2}}", AIMO12, None),
         ("\\boxed{\\dfrac{10}{2}}", AIMO12, 5),
         ("\\boxed{3} wait, no: \\boxed{4}", AIMO12, 4),
-        ("\\boxed{4} and a cut-off \\boxed{12", AIMO12, None),
+        ("\\boxed{4} and a cut-off \\boxed{12", AIMO12, 4),
         ("the answer is 42", AIMO12, None),
         ("\\boxed{123456}", AIMO3, None),
         ("\\boxed{123456}", AIMO12, 456),
         ("\\boxed{12{,}345}", AIMO3, 12_345),
+        ("$\\boxed{0.8}$ dollars", AIMO12, None),
+        ("$\\boxed{2.8}$", AIMO12, None),
+        ("$\\boxed{99076.92}$ dollars", AIMO3, None),
+        ("$\\boxed{12.0000001}$", AIMO12, 12),
+        ("\\boxed{12} and, last, an empty \\boxed{}", AIMO12, 12),
+        ("\\boxed{12}. Final answer: $\\boxed{?}$", AIMO12, 12),
+        ("\\boxed{12} then \\boxed{\\text{answer}}", AIMO3, 12),
+        ("\\boxed{12} then \\boxed{0.8}", AIMO12, None),  # the model moved on to a non-integer
+        ("\\boxed{12} then \\boxed{\\sqrt{2}}", AIMO12, None),
+        ("The answer is $\\boxed{\\text{(B) } 12}$", AIMO12, 12),
+        ("$\\boxed{\\textbf{(C)}\\ 36}$", AIMO12, 36),
+        ("\\boxed{\\text{Answer: } 12}", AIMO3, 12),
+        ("\\boxed{12 \\pmod{1000}}", AIMO3, 12),
+        ("\\boxed{2^{5000}}", AIMO12, pow(2, 5000, 1000)),
+        ("\\boxed{2^{5000} \\pmod{1000}}", AIMO3, pow(2, 5000, 1000)),
     ],
     ids=lambda v: repr(v)[:24] if isinstance(v, str) else None,
 )
@@ -277,9 +377,10 @@ def test_extract_answer(completion, rule, expected):
         ({"modulus": 2.5}, "AnswerRule.modulus must be None or an integer in [2, inf), got 2.5"),
         ({"min_answer": 0.5}, "AnswerRule.min_answer must be an integer, got 0.5"),
         ({"min_answer": 5, "max_answer": 4}, "AnswerRule.max_answer must be an integer in [5, inf), got 4"),
-        ({"tolerance": -0.1}, "AnswerRule.tolerance must be a number in [0, 0.5], got -0.1"),
-        ({"tolerance": 0.6}, "AnswerRule.tolerance must be a number in [0, 0.5], got 0.6"),
-        ({"tolerance": math.nan}, "AnswerRule.tolerance must be a number in [0, 0.5], got nan"),
+        ({"tolerance": -0.1}, "AnswerRule.tolerance must be a number in [0, 0.001], got -0.1"),
+        ({"tolerance": 0.2}, "AnswerRule.tolerance must be a number in [0, 0.001], got 0.2"),
+        ({"tolerance": math.nan}, "AnswerRule.tolerance must be a number in [0, 0.001], got nan"),
+        ({"tolerance": True}, "AnswerRule.tolerance must be a number in [0, 0.001], got True"),
         ({"drop_negative": "yes"}, "AnswerRule.drop_negative must be True or False, got 'yes'"),
     ],
 )
@@ -291,7 +392,7 @@ def test_answer_rule_validation(kwargs, message):
 
 def test_answer_rule_defaults_are_the_aimo12_rule():
     assert (AIMO12.modulus, AIMO12.min_answer, AIMO12.max_answer) == (1000, 0, 999)
-    assert AIMO12.tolerance == 0.2 and AIMO12.drop_negative
+    assert AIMO12.tolerance == DEFAULT_TOLERANCE == 1e-6 and AIMO12.drop_negative
 
 
 @pytest.mark.parametrize(
@@ -365,12 +466,30 @@ MEGABYTE = 1_000_000
         "\\boxed{" + "1," * (MEGABYTE // 2) + "}",
         "\\boxed{" + "\\text{" * (MEGABYTE // 6) + "}",
         "\\boxed " + "9" * MEGABYTE,
+        "\\boxed{" * (MEGABYTE // 7),
+        "\\boxed{}" * (MEGABYTE // 8),
+        "\\boxed{" + "\\boxed{}" * (MEGABYTE // 8),
+        "\\boxed{?} \\boxed{" * (MEGABYTE // 12),
+        "\\boxed{" + "9^{" * 300 + "9" + "}" * 300 + "}",
     ],
-    ids=["prose", "lookalikes", "unbalanced", "long_list", "nested_text", "bare_digits"],
+    ids=["prose", "lookalikes", "unbalanced", "long_list", "nested_text", "bare_digits", "cut_off_boxes",
+         "empty_boxes", "empty_boxes_in_a_cut_off_one", "placeholders_and_cut_off",
+         "tower"],
 )
 def test_one_megabyte_completion_is_fast(text):
     start = time.perf_counter()
-    assert extract_answer(text, AIMO12) is None
+    for rule in (AIMO12, AIMO3):
+        assert extract_answer(text, rule) is None
+    assert time.perf_counter() - start < 2.0
+
+
+def test_huge_exponent_under_a_modulus_is_exact_and_fast():
+    exponent = int("9" * 990)
+    start = time.perf_counter()
+    assert extract_answer("\\boxed{2^{" + "9" * 990 + "}}", AIMO12) == pow(2, exponent, 1000)
+    assert extract_answer("\\boxed{2^{" + "9" * 990 + "}}", AIMO3) is None
+    written = "\\boxed{3^{" + "9" * 980 + "} \\pmod{99991}}"  # within the 1000-character cap on a box
+    assert extract_answer(written, AIMO3) == pow(3, int("9" * 980), 99991)
     assert time.perf_counter() - start < 1.0
 
 
@@ -416,17 +535,9 @@ FORMS: dict[str, Callable[[int], str | None]] = {
 
 
 def _gold_answers() -> list[tuple[str, str, int]]:
-    """(file stem, row id, gold answer) for every row of every validation CSV; fails if there are none."""
-    if not DATA_DIR.is_dir():
-        pytest.fail(f"validation data folder {DATA_DIR} is missing (`shared/data` beside the repo)")
-    paths = sorted(DATA_DIR.glob("*.csv"))
-    if not paths:
-        pytest.fail(f"no validation CSVs (*.csv) in {DATA_DIR}")
-    rows = []
-    for path in paths:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows += [(path.stem, row["id"], int(row["answer"])) for row in csv.DictReader(f)]
-    return rows
+    """(problem set, row id, gold answer) for every row of every validation set."""
+    with (DATA_DIR / "gold_answers.csv").open(newline="", encoding="utf-8") as f:
+        return [(row["set"], row["id"], int(row["answer"])) for row in csv.DictReader(f)]
 
 
 def _rule_and_expected(stem: str, gold: int) -> tuple[AnswerRule, int | None]:
@@ -442,8 +553,8 @@ def gold_answers() -> list[tuple[str, str, int]]:
 
 
 def test_validation_data_is_present(gold_answers):
-    assert len({stem for stem, _, _ in gold_answers}) >= 1
-    assert any(stem == "aimo3_reference" for stem, _, _ in gold_answers)
+    sets = {stem for stem, _, _ in gold_answers}
+    assert len(gold_answers) == 514 and len(sets) == 9 and "aimo3_reference" in sets
 
 
 @pytest.mark.parametrize("form", list(FORMS))
@@ -460,3 +571,39 @@ def test_every_gold_answer_in_every_form(gold_answers, form):
             failures.append(f"{stem}:{row_id} gold={gold} {completion!r} -> {got} (expected {expected})")
     assert checked > 0, f"form {form!r} applied to no gold answer"
     assert not failures, f"{len(failures)} failures, first ones:\n" + "\n".join(failures[:10])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Real model outputs: ToRA's published greedy runs on GSM8K (tests/data/answers/README.md).
+
+
+def _real_outputs(name: str) -> list[dict[str, object]]:
+    with (DATA_DIR / name).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def _tally(outputs: list[dict[str, object]], rule: AnswerRule) -> dict[str, int]:
+    tally = {"right": 0, "wrong": 0, "none": 0}
+    for output in outputs:
+        got = extract_answer(str(output["completion"]), rule)
+        tally["none" if got is None else "right" if got == output["gold"] else "wrong"] += 1
+    return tally
+
+
+def test_extraction_rate_on_real_outputs():
+    # Measured on this sample: 216 right, 40 wrong (the model's own mistakes), 8 without an integer box
+    # (no box at all, or a decimal answer). Before decimals stopped rounding: 41 wrong, 7 none.
+    outputs = _real_outputs("tora_gsm8k_every10th.jsonl")
+    assert len(outputs) == 264 and {o["run"] for o in outputs} == {"tora-code-34b-v1.0", "tora-70b-v1.0"}
+    tally = _tally(outputs, WIDE)
+    assert tally["right"] >= 216 and tally["wrong"] <= 40, tally
+
+
+def test_no_real_decimal_answer_becomes_a_vote():
+    # Six of these (0.8, 1286.15, 0.05, 499.2, 0.875, 99076.92) used to be rounded into wrong votes.
+    outputs = _real_outputs("tora_gsm8k_decimal_boxes.jsonl")
+    assert len(outputs) == 51
+    for rule in (WIDE, AIMO12, AIMO3):
+        votes = [(o["id"], extract_boxed(str(o["completion"]))) for o in outputs
+                 if extract_answer(str(o["completion"]), rule) is not None]
+        assert not votes, votes

@@ -1,13 +1,19 @@
-"""Time budgets: hand-checked planner cases and the deadline property over 1000 simulated runs."""
+"""Time budgets: hand-checked planner cases, the per-call deadline, and the deadline properties over 1000
+simulated runs per competition."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import random
+
 import pytest
 
-from aimo_kernel.budget import SPEED_LEVELS, BudgetPlanner, effort, speed_level
-from aimo_kernel.config import BudgetConfig, TIRConfig
-from aimo_kernel.presets import get_preset
-from aimo_kernel.simulation import FakeClock, simulate_run
+from aimo_kernel.config import BudgetConfig, Config, ConfigError, TIRConfig, load_config
+from aimo_kernel.config.presets import get_preset
+from aimo_kernel.config.schema import CALL_DEADLINE_S, CALL_MARGIN_S
+from aimo_kernel.core.budget import SPEED_LEVELS, BudgetPlanner, call_deadline, effort, speed_level
+from aimo_kernel.testing.simulation import FakeClock, simulate_run
 
 
 def planner(clock: FakeClock, **budget: float) -> BudgetPlanner:
@@ -107,3 +113,113 @@ def test_deadline_property_over_1000_simulated_competitions():
     assert worst_margin >= 600.0, f"a run ended {worst_margin:.0f} s before the deadline"
     assert worst_floor >= floor, f"a problem got {worst_floor:.1f} s, below its {floor:.0f} s floor"
     assert worst_use >= 0.90, f"a run used only {worst_use:.1%} of its time"
+
+
+# --- the gateway's per-call deadline ---------------------------------------------------------------------------
+
+
+def test_call_deadlines_are_the_gateways():
+    assert call_deadline("aimo2", 100.0, first=False) == 100.0 + 1800.0 - CALL_MARGIN_S
+    assert call_deadline("aimo3", 100.0, first=False) == 100.0 + 9 * 3600.0 - CALL_MARGIN_S
+    assert call_deadline("aimo2", 100.0, first=True) is None  # the first call loads the model: no deadline
+    assert call_deadline("aimo1", 100.0, first=False) is None  # AIMO1's loop has none
+
+
+def test_time_carried_forward_never_passes_the_call_deadline():
+    # Early problems hand time back; the next one could be given the whole cap, but its call ends first.
+    clock = FakeClock(0.0)
+    cfg = BudgetConfig(total_seconds=5 * 3600.0, num_problems=3, per_problem_seconds=1675.0,
+                       min_problem_seconds=60.0, safety_margin_s=900.0)
+    p = BudgetPlanner(cfg, TIRConfig(), start=0.0, clock=clock)
+    p.done(p.plan().seconds, 1.0)
+    clock.now = 500.0
+    call_started = 100.0  # a restart already took 400 s of this call
+    plan = p.plan(call_deadline("aimo2", call_started, first=False))
+    assert plan.seconds == pytest.approx(100.0 + 1800.0 - CALL_MARGIN_S - 500.0 - cfg.overrun_allowance_s)
+    clock.now = 100.0 + 1800.0  # the call's time is gone: nothing, not a negative budget
+    assert p.plan(call_deadline("aimo2", call_started, first=False)).seconds == 0.0
+
+
+def test_the_aimo2_preset_fits_its_gateway_and_a_cap_that_cannot_fit_is_refused():
+    assert get_preset("aimo2-l4x4").budget.per_problem_seconds <= 1800.0 - CALL_MARGIN_S
+    with pytest.raises(ConfigError) as err:
+        load_config(preset="aimo2-l4x4", overrides=["budget.per_problem_seconds=2400"])
+    message = str(err.value)
+    assert "BudgetConfig.per_problem_seconds" in message and "1675" in message and "2400" in message
+    assert "1800" in message
+    with pytest.raises(ConfigError, match="per_problem_seconds must be at most"):
+        Config(competition="aimo2", budget=BudgetConfig(per_problem_seconds=1700.0))
+    assert Config(competition="aimo1", budget=BudgetConfig(per_problem_seconds=3600.0)).competition == "aimo1"
+
+
+def _natural_seconds(rng: random.Random) -> float:
+    """How long a problem would run if let: 20% decide in minutes, 30% in a quarter hour or more, half never.
+
+    Cheaper than :func:`~aimo_kernel.testing.simulation.natural_seconds`; the per-call property depends on
+    the planner and the overruns, not on the shape of this distribution.
+    """
+    kind = rng.random()
+    if kind < 0.2:
+        return rng.lognormvariate(math.log(240), 0.8)
+    return rng.lognormvariate(math.log(900), 0.8) if kind < 0.5 else math.inf
+
+
+def simulate_calls(config: Config, seed: int, *, stall_rate: float = 0.05, hang_rate: float = 0.02):
+    """One competition as the gateway sees it: the duration of every predict call, and when the run ended.
+
+    As :class:`~aimo_kernel.run.runner.Runner` does it: the model loads in the first call; an engine that
+    stalled is rebuilt at the start of the next call, within that call's deadline (a rebuild that hangs is
+    abandoned there); each problem is planned with the call's deadline and may overrun its stop.
+    """
+    rng = random.Random(seed)
+    budget = config.budget
+    clock = FakeClock()
+    planner = BudgetPlanner(budget, config.tir, start=0.0, clock=clock)
+    calls, rebuild = [], False
+    for index in range(planner.num_problems):
+        started = clock.now
+        deadline = call_deadline(config.competition, started, first=index == 0)
+        if index == 0:
+            clock.now += rng.uniform(120, 300)  # the model loads inside the first call
+        if rebuild:
+            left = planner.num_problems - index
+            room = planner.run_deadline - clock.now - left * (budget.min_problem_seconds + budget.overrun_allowance_s)
+            if deadline is not None:
+                room = min(room, deadline - clock.now - budget.min_problem_seconds)
+            took = config.engine.load_timeout_s if rng.random() < hang_rate else rng.uniform(60, 240)
+            clock.now += max(0.0, min(took, room))
+        plan = planner.plan(deadline)
+        used = min(_natural_seconds(rng), plan.seconds)
+        rebuild = rng.random() < stall_rate
+        if rebuild:
+            used = min(plan.seconds, rng.uniform(0, used) + budget.stall_timeout_s)
+        used += rng.uniform(0, budget.overrun_allowance_s)
+        clock.now += used + rng.uniform(0, 1.0)  # the trace and the reply
+        planner.done(plan.seconds, used)
+        calls.append(clock.now - started)
+    return calls, clock.now
+
+
+def _widest(name: str) -> Config:
+    """The preset with the largest per-problem cap its competition's gateway allows."""
+    cfg = get_preset(name)
+    limit = CALL_DEADLINE_S[cfg.competition]
+    if limit is None:
+        return cfg
+    cap = limit - CALL_MARGIN_S - cfg.budget.overrun_allowance_s
+    return dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, per_problem_seconds=cap))
+
+
+@pytest.mark.parametrize("name", ["aimo1-t4x2", "aimo2-l4x4", "aimo3-h100"])
+@pytest.mark.parametrize("widest", [False, True], ids=["preset", "widest-cap"])
+def test_no_call_overruns_its_gateway_deadline_in_1000_simulated_runs(name, widest):
+    cfg = _widest(name) if widest else get_preset(name)
+    limit = CALL_DEADLINE_S[cfg.competition]
+    worst_call, worst_margin = 0.0, float("inf")
+    for seed in range(1000):
+        calls, end = simulate_calls(cfg, seed)
+        worst_call = max(worst_call, max(calls[1:]))  # the first call has no deadline
+        worst_margin = min(worst_margin, cfg.budget.total_seconds - end)
+    if limit is not None:
+        assert worst_call < limit - CALL_MARGIN_S / 2, f"a call took {worst_call:.0f} s of its {limit:.0f} s"
+    assert worst_margin >= 600.0, f"a run ended {worst_margin:.0f} s before the deadline"

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from aimo_kernel import __version__, bundle
+from aimo_kernel import __version__
+from aimo_kernel.tools import bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +72,7 @@ def test_invalid_dataset_metadata_names_the_field(change: dict[str, Any], field:
 
 
 def test_dataset_ids_match_the_kernel_and_the_presets() -> None:
-    from aimo_kernel.presets import NUMINA_MODEL_DIR
+    from aimo_kernel.config.presets import NUMINA_MODEL_DIR
 
     kernel = json.loads((ROOT / "kaggle-metadata.json").read_text())
     assert {bundle.WHEELS_DATASET, bundle.MODEL_DATASET} <= set(kernel["dataset_sources"])
@@ -148,6 +149,7 @@ def test_pip_failures_name_the_packages(output: str, kind: type, names: list[str
 # --------------------------------------------------------------------------- network: the package index
 
 
+@pytest.mark.network
 def test_kaggle_t4_check_resolves_the_facts_set(own_wheel: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from packaging.version import Version
 
@@ -165,6 +167,7 @@ def test_kaggle_t4_check_resolves_the_facts_set(own_wheel: Path, capsys: pytest.
     print(text.splitlines()[-2])  # visible with -s: the count and the size
 
 
+@pytest.mark.network
 def test_conflict_with_the_image_names_the_packages(own_wheel: Path, tmp_path: Path) -> None:
     # The same mechanism as torch==2.9.0 in kaggle-t4-constraints.txt against vLLM 0.19.1 (30 s to resolve).
     (tmp_path / "pins.txt").write_text("tqdm==4.66.0\n")
@@ -176,6 +179,7 @@ def test_conflict_with_the_image_names_the_packages(own_wheel: Path, tmp_path: P
         bundle.resolve(target, ROOT, own_wheel)
 
 
+@pytest.mark.network
 def test_unresolvable_pin_names_the_package(own_wheel: Path, tmp_path: Path) -> None:
     (tmp_path / "pins.txt").write_text("tqdm==0.0.999\n")
     target = dataclasses.replace(bundle.TARGETS["local-pure"], requirements=str(tmp_path / "pins.txt"))
@@ -183,6 +187,7 @@ def test_unresolvable_pin_names_the_package(own_wheel: Path, tmp_path: Path) -> 
         bundle.resolve(target, ROOT, own_wheel)
 
 
+@pytest.mark.network
 def test_local_pure_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert bundle.main(["--target", "local-pure", "--out", str(tmp_path), "--verify"]) == 0
     out = capsys.readouterr().out

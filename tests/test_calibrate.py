@@ -11,9 +11,9 @@ import json
 
 import pytest
 
-from aimo_kernel import calibrate as cal
-from aimo_kernel.calibrate import StepPoint
-from aimo_kernel.hardware import FittedThroughputModel, load_calibration, throughput_model
+from aimo_kernel.testing.hardware import FittedThroughputModel, load_calibration, throughput_model
+from aimo_kernel.tools import calibrate as cal
+from aimo_kernel.tools.calibrate import StepPoint
 
 
 def points(fn, grid=((1, 100), (4, 100), (16, 100), (1, 1000), (4, 1000), (16, 1000))):
@@ -45,7 +45,7 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_bad_arguments():
-    from aimo_kernel.cli import CliError
+    from aimo_kernel.errors import UsageError as CliError
 
     with pytest.raises(SystemExit):
         parse("--batches", "0,2")
@@ -77,8 +77,8 @@ def test_calibrate_on_vllm_cpu(calibration, capsys):
 
 @pytest.mark.vllm
 def test_profile_projects_on_a_calibration_file(calibration, tmp_path):
-    from aimo_kernel import profile as prof
-    from aimo_kernel.presets import get_preset
+    from aimo_kernel.config.presets import get_preset
+    from aimo_kernel.tools import profile as prof
 
     cfg = get_preset("cpu")
     n = cfg.tir.num_candidates

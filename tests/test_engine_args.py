@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
 from aimo_kernel.config import EngineConfig
+from aimo_kernel.config.presets import get_preset
 from aimo_kernel.engine import EngineError, engine_kinds, get_engine
 from aimo_kernel.engine.vllm_backend import engine_args, engine_env, supported_args
-from aimo_kernel.presets import get_preset
 
 
 def t4_args() -> dict:
@@ -67,7 +68,21 @@ def test_engine_env():
     cpu = engine_env(get_preset("cpu").engine)
     assert cpu == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     t4 = engine_env(get_preset("aimo1-t4x2").engine)
-    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in t4
+    assert t4["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert engine_env(get_preset("cpu").engine, streaming=True)["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+
+
+def test_engine_env_is_set_per_engine_and_a_users_own_setting_wins(monkeypatch):
+    from aimo_kernel.engine import vllm_backend
+
+    monkeypatch.setattr(vllm_backend, "_SET_BY_US", {})
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "7")  # the user's own
+    vllm_backend.apply_env(engine_env(get_preset("cpu").engine))  # offline, in process
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    vllm_backend.apply_env(engine_env(get_preset("cpu").engine, streaming=True))  # a later streaming engine
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "7"
 
 
 def test_arguments_unknown_to_the_installed_vllm_are_dropped():
@@ -96,7 +111,27 @@ def test_import_is_light():
     import subprocess
     import sys
 
-    code = ("import sys, aimo_kernel, aimo_kernel.cli, aimo_kernel.engine, aimo_kernel.runner; "
+    code = ("import sys, aimo_kernel, aimo_kernel.cli, aimo_kernel.engine, aimo_kernel.run.runner; "
             "print('vllm' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_registered_backend_is_accepted_by_config_and_reports_streaming():
+    from aimo_kernel.config import EngineConfig
+    from aimo_kernel.engine.registry import engine_kinds, engine_spec, is_streaming, register_engine, unregister_engine
+
+    register_engine("custom-test", "aimo_kernel.testing.fake:create_async_engine", streaming=True)
+    try:
+        assert EngineConfig(backend="custom-test").backend == "custom-test"
+        assert is_streaming("custom-test") and "custom-test" in engine_kinds()
+        assert is_streaming("vllm") and not is_streaming("vllm-offline") and not is_streaming("no-such")
+    finally:
+        unregister_engine("custom-test")
+    assert engine_spec("custom-test") is None
+
+
+@pytest.mark.parametrize(("preset", "eager"), [("cpu", True), ("aimo1-t4x2", False), ("aimo2-l4x4", False),
+                                               ("aimo3-h100", False)])
+def test_only_the_cpu_preset_skips_compilation_and_graphs(preset, eager):
+    assert get_preset(preset).engine.enforce_eager is eager

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from aimo_kernel.answers import AnswerRule
 from aimo_kernel.config import (
     BudgetConfig,
     Config,
@@ -28,9 +27,13 @@ from aimo_kernel.config import (
     TIRConfig,
     VoteConfig,
 )
+from aimo_kernel.config.presets import get_preset
+from aimo_kernel.core.answers import AnswerRule
 from aimo_kernel.engine.base import GenerationRequest
-from aimo_kernel.engine.fake import FakeAsyncEngine, FakeEngine
-from aimo_kernel.evaluate import (
+from aimo_kernel.run.problems import Problem, ProblemSetError
+from aimo_kernel.solve.candidate import CandidateResult
+from aimo_kernel.testing.fake import FakeAsyncEngine, FakeEngine
+from aimo_kernel.tools.evaluate import (
     CSV_COLUMNS,
     EvalOptions,
     eval_config,
@@ -42,9 +45,6 @@ from aimo_kernel.evaluate import (
     summarize,
     to_csv,
 )
-from aimo_kernel.presets import get_preset
-from aimo_kernel.problems import Problem, ProblemSetError
-from aimo_kernel.solver import CandidateResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -273,7 +273,7 @@ def test_a_stalled_caller_engine_ends_the_run_and_the_rest_is_reported(tmp_path)
 
 
 def test_a_stalled_engine_of_ours_is_rebuilt_and_the_run_goes_on(tmp_path, monkeypatch):
-    import aimo_kernel.engine.fake as fake
+    import aimo_kernel.testing.fake as fake
 
     engines: list[FakeAsyncEngine] = []
 

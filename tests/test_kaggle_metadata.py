@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from aimo_kernel.presets import NUMINA_MODEL_DIR
+from aimo_kernel.config.presets import NUMINA_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 META = json.loads((ROOT / "kaggle-metadata.json").read_text())

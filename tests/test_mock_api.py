@@ -1,27 +1,33 @@
-"""The mock competition APIs enforce the real ones' rules, with the same error kinds."""
+"""The mock competition APIs are as strict as the real gateways (kaggle_evaluation 0.3.0 / 0.9.0), same error kinds."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import sys
+import threading
 import time
 
+import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
 
-from aimo_kernel import mock_api
-from aimo_kernel.mock_api import (
+from aimo_kernel.run import mock_api
+from aimo_kernel.run.mock_api import (
     AIMO1_PENDING_MESSAGE,
     Aimo1Env,
     Aimo1Error,
     GatewayError,
     GatewayErrorType,
     LocalGateway,
+    MockInferenceServer,
+    RerunFinished,
     aimo1_make_env,
     write_competition_folder,
 )
+from aimo_kernel.run.problems import ProblemSetError
 
 
 @pytest.fixture
@@ -83,14 +89,60 @@ class Holder:
         return pl.DataFrame({"id": id_, "answer": [1]})
 
 
-def test_endpoint_registration_is_checked_like_define_server(csv_path, tmp_path):
+class CallableObject:
+    __name__ = "predict"
+
+    def __call__(self, id_, problem, answer=None):
+        return pl.DataFrame({"id": id_, "answer": [1]})
+
+
+def _named_partial():
+    part = functools.partial(lambda id_, problem, answer=None: pl.DataFrame({"id": id_, "answer": [1]}))
+    part.__name__ = "predict"  # type: ignore[attr-defined]
+    return part
+
+
+@pytest.mark.parametrize(("listener", "message"),
+                         [(Holder().predict, "plain functions"), (CallableObject(), "plain functions"),
+                          (_named_partial(), "plain functions"), (42, "plain functions"),
+                          (lambda id_, p: 0, "must be named")],
+                         ids=["bound-method", "callable-object", "partial", "int", "lambda"])
+def test_aimo3_takes_only_a_plain_named_function(listener, message):
+    with pytest.raises(ValueError, match=message):
+        LocalGateway(listener, competition="aimo3")
+
+
+def test_aimo2_takes_a_named_callable(csv_path, tmp_path):
     with pytest.raises(ValueError, match="must be named"):
-        LocalGateway(lambda id_, problem: 0)
+        LocalGateway(lambda id_, problem: 0, competition="aimo2")
     with pytest.raises(ValueError, match="must be functions"):
-        LocalGateway(42)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="bound methods"):
-        LocalGateway(Holder().predict, competition="aimo3")
-    LocalGateway(Holder().predict, competition="aimo2").run(csv_path, tmp_path)  # AIMO2 registers it by name
+        LocalGateway(42, competition="aimo2")  # type: ignore[arg-type]
+    LocalGateway(Holder().predict, competition="aimo2").run(csv_path, tmp_path)  # registered by its name
+
+
+def test_aimo2_server_takes_exactly_one_listener():
+    class AIMO2InferenceServer(MockInferenceServer):
+        competition = "aimo2"
+
+    def other(id_, problem):
+        return None
+
+    with pytest.raises(TypeError, match="exactly one endpoint listener"):
+        AIMO2InferenceServer(echo, other)
+    with pytest.raises(ValueError, match="at least one"):
+        AIMO2InferenceServer()
+    assert set(AIMO2InferenceServer(echo).endpoints) == {"predict"}
+
+
+def test_predict_runs_on_the_servers_worker_thread(csv_path, tmp_path):
+    threads = set()
+
+    def predict(id_, problem, answer):
+        threads.add(threading.current_thread().name)
+        return pl.DataFrame({"id": id_, "answer": [1]})
+
+    LocalGateway(predict).run(csv_path, tmp_path)
+    assert threads == {"grpc-worker"} and threading.current_thread() is threading.main_thread()
 
 
 def test_a_function_not_named_predict_is_a_missing_endpoint(csv_path, tmp_path):
@@ -104,28 +156,64 @@ def test_a_function_not_named_predict_is_a_missing_endpoint(csv_path, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("competition", "make", "message"),
+    ("competition", "make", "code", "message"),
     [
-        ("aimo3", lambda id_: 5, "got int"),
-        ("aimo2", lambda id_: 5, "got int"),
-        ("aimo3", lambda id_: None, "got NoneType"),
-        ("aimo3", lambda id_: pl.DataFrame({"id": ["zzz"], "answer": [5]}), "does not match"),
-        ("aimo3", lambda id_: pl.DataFrame({"id": id_.cast(pl.Categorical), "answer": [5]}), "does not match"),
-        ("aimo3", lambda id_: pl.DataFrame({"id": id_, "answer": [100_000]}), "integer in 0..99999"),
-        ("aimo2", lambda id_: pl.DataFrame({"id": id_, "answer": [1000]}), "integer in 0..999"),
-        ("aimo3", lambda id_: pl.DataFrame({"id": id_, "answer": ["12"]}), "integer in 0..99999"),
-        ("aimo3", lambda id_: pl.DataFrame({"id": [id_.item(0)] * 2, "answer": [1, 2]}), "one row"),
-        ("aimo3", lambda id_: pl.DataFrame({"id": id_}), "one row with an 'answer' column"),
-        ("aimo2", lambda id_: pl.DataFrame({"answer": [5]}), "missing column id"),
+        ("aimo3", lambda id_: 5, "GATEWAY_RAISED_EXCEPTION", "got int"),
+        ("aimo2", lambda id_: 5, "GATEWAY_RAISED_EXCEPTION", "got int"),
+        ("aimo3", lambda id_: np.int64(5), "GATEWAY_RAISED_EXCEPTION", "got int64"),
+        ("aimo3", lambda id_: pl.Series("answer", [5]), "GATEWAY_RAISED_EXCEPTION", "got Series"),
+        ("aimo3", lambda id_: None, "INVALID_SUBMISSION", "returned None"),
+        ("aimo2", lambda id_: pl.DataFrame({"id": ["zzz"], "answer": [5]}), "INVALID_SUBMISSION", "does not match"),
+        ("aimo3", lambda id_: pl.DataFrame({"id": id_.cast(pl.Categorical), "answer": [5]}), "INVALID_SUBMISSION",
+         "aimo_kernel's own check"),
+        ("aimo3", lambda id_: pl.DataFrame({"id": [id_.item(0)] * 2, "answer": [1, 2]}), "INVALID_SUBMISSION",
+         "one row"),
+        ("aimo3", lambda id_: pl.DataFrame({"id": id_}), "INVALID_SUBMISSION", "one row with an 'answer' column"),
+        ("aimo2", lambda id_: pl.DataFrame({"answer": [5]}), "INVALID_SUBMISSION", "Prediction missing column id"),
     ],
 )
-def test_invalid_returns_are_rejected(csv_path, tmp_path, competition, make, message):
+def test_invalid_returns_are_rejected_like_the_real_gateway(csv_path, tmp_path, competition, make, code, message):
     def predict(id_, problem, answer):
         return make(id_)
 
     with pytest.raises(GatewayError) as err:
         LocalGateway(predict, competition=competition).run(csv_path, tmp_path)
-    assert err.value.code == "INVALID_SUBMISSION" and message in str(err.value)
+    assert err.value.code == code and message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("competition", "answer"),
+    [("aimo3", 100_000), ("aimo2", 1000), ("aimo3", "12"), ("aimo3", 1.5), ("aimo2", -1)],
+)
+def test_answers_outside_the_rule_are_refused_by_our_own_check(csv_path, tmp_path, competition, answer):
+    # The real gateways accept these and score them wrong; the mock refuses them and says it is its own rule.
+    def predict(id_, problem, answer_):
+        return pl.DataFrame({"id": id_, "answer": [answer]})
+
+    with pytest.raises(GatewayError) as err:
+        LocalGateway(predict, competition=competition).run(csv_path, tmp_path)
+    assert err.value.code == "INVALID_SUBMISSION"
+    assert "aimo_kernel's own check, stricter than Kaggle's" in str(err.value)
+
+
+def test_rows_with_and_without_an_id_in_one_run_are_rejected(csv_path, tmp_path):
+    calls = []
+
+    def predict(id_, problem, answer):
+        calls.append(1)
+        return pl.DataFrame({"id": id_, "answer": [1]}) if len(calls) == 1 else pl.DataFrame({"answer": [1]})
+
+    with pytest.raises(GatewayError, match="Inconsistent prediction column counts") as err:
+        LocalGateway(predict, competition="aimo3").run(csv_path, tmp_path)
+    assert err.value.code == "INVALID_SUBMISSION" and len(calls) == 2
+
+
+def test_extra_returned_columns_are_kept(csv_path, tmp_path):
+    def predict(id_, problem, answer):
+        return pl.DataFrame({"id": id_, "answer": [1], "note": ["x"]})
+
+    sub = pl.read_parquet(LocalGateway(predict).run(csv_path, tmp_path))
+    assert sub.columns == ["id", "answer", "note"] and sub.height == 4
 
 
 def test_aimo3_accepts_a_frame_without_id(csv_path, tmp_path):
@@ -145,17 +233,27 @@ def test_an_exception_in_predict_fails_the_run_with_its_type(csv_path, tmp_path)
     assert err.value.code == "SERVER_RAISED_EXCEPTION" and "KeyError" in str(err.value)
 
 
-def test_only_the_first_call_has_no_deadline(csv_path, tmp_path):
-    calls = []
+@pytest.mark.parametrize(("competition", "code"),
+                         [("aimo2", "SERVER_CONNECTION_FAILED"), ("aimo3", "GRPC_DEADLINE_EXCEEDED")])
+def test_a_late_call_fails_at_its_deadline_while_predict_still_runs(csv_path, tmp_path, competition, code):
+    calls, release = [], threading.Event()
 
     def predict(id_, problem, answer):
-        calls.append(1)
-        time.sleep(0.3 if len(calls) in (1, 3) else 0)
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(0.4)  # the first call has no deadline: the model loads there
+        elif len(calls) == 3:
+            release.wait(10.0)  # hangs until the test lets it go
         return pl.DataFrame({"id": id_, "answer": [0]})
 
+    t0 = time.monotonic()
     with pytest.raises(GatewayError) as err:
-        LocalGateway(predict, call_deadline_s=0.2).run(csv_path, tmp_path)
-    assert err.value.code == "GRPC_DEADLINE_EXCEEDED" and len(calls) == 3
+        LocalGateway(predict, competition=competition, call_deadline_s=0.3).run(csv_path, tmp_path)
+    failed_after = time.monotonic() - calls[2]
+    assert err.value.code == code and len(calls) == 3
+    assert 0.25 <= failed_after < 1.0 and not release.is_set()  # at the deadline, predict still running
+    assert time.monotonic() - t0 < 2.0
+    release.set()
 
 
 def test_default_deadlines_are_the_competitions():
@@ -169,6 +267,22 @@ def test_one_pass_only(csv_path, tmp_path):
     with pytest.raises(GatewayError, match="once") as err:
         gateway.run(csv_path, tmp_path)
     assert err.value.code == "GATEWAY_RAISED_EXCEPTION"
+
+
+def test_the_csv_is_read_as_the_gateway_reads_it(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("id,problem\n1,x\n\n2,y\n")  # pl.read_csv would pass a row of nulls here
+    with pytest.raises(ProblemSetError, match="line 3: blank line"):
+        LocalGateway(echo).run(path, tmp_path)
+    path.write_text("id,problem\n007,x\n8,y\n")
+    seen = []
+
+    def predict(id_, problem):
+        seen.append((id_.dtype, id_.item(0)))
+        return pl.DataFrame({"id": id_, "answer": [1]})
+
+    LocalGateway(predict, seed=0).run(path, tmp_path)
+    assert sorted(seen) == [(pl.Int64, 7), (pl.Int64, 8)]  # schema inferred like pl.read_csv: 007 is 7
 
 
 def test_integer_ids_keep_their_dtype_and_a_string_id_is_refused(tmp_path):
@@ -185,7 +299,7 @@ def test_integer_ids_keep_their_dtype_and_a_string_id_is_refused(tmp_path):
         return pl.DataFrame({"id": [str(id_.item(0))], "answer": [1]})
 
     with pytest.raises(GatewayError, match="INVALID_SUBMISSION"):
-        LocalGateway(predict).run(path, tmp_path)
+        LocalGateway(predict, competition="aimo2").run(path, tmp_path)
 
 
 # --- the fake kaggle_evaluation package in a competition folder --------------------------------------------------
@@ -220,18 +334,23 @@ def test_serve_off_a_rerun_returns_at_once(tmp_path, csv_path, isolated_imports,
     assert not (tmp_path / "submission.parquet").exists()
 
 
-def test_serve_on_a_rerun_runs_the_gateway_and_writes_result_json(tmp_path, csv_path, isolated_imports, monkeypatch):
+def test_serve_on_a_rerun_runs_the_gateway_and_never_returns(tmp_path, csv_path, isolated_imports, monkeypatch):
     monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
     monkeypatch.chdir(tmp_path)
     cls = server_class(write_competition_folder(tmp_path / "comp", "aimo3", csv_path), "aimo3")
-    cls(echo).serve()
+    after = []
+    with pytest.raises(RerunFinished):
+        cls(echo).serve()
+        after.append("ran")  # on Kaggle, code after serve() never runs
+    assert after == [] and not issubclass(RerunFinished, Exception)
     assert json.loads((tmp_path / "result.json").read_text()) == {"Succeeded": True}
     assert pl.read_parquet(tmp_path / "submission.parquet").height == 4
 
     def predict(id_, problem, answer):
         raise ZeroDivisionError("x")
 
-    cls(predict).serve()
+    with pytest.raises(RerunFinished):
+        cls(predict).serve()
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["Succeeded"] is False and result["ErrorName"] == "SERVER_RAISED_EXCEPTION"
     assert "ZeroDivisionError" in result["ErrorDetails"]
@@ -244,7 +363,8 @@ def test_a_late_server_never_started(tmp_path, csv_path, isolated_imports, monke
     with pytest.warns(RuntimeWarning, match="before server startup"):
         cls(echo).run_local_gateway()
     monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
-    cls(echo).serve()
+    with pytest.raises(RerunFinished):
+        cls(echo).serve()
     assert json.loads((tmp_path / "result.json").read_text())["ErrorName"] == "SERVER_NEVER_STARTED"
 
 

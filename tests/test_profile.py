@@ -12,10 +12,10 @@ import math
 
 import pytest
 
-from aimo_kernel import profile as prof
 from aimo_kernel.config import BudgetConfig, Config, EngineConfig, SamplingConfig, TIRConfig, VoteConfig
-from aimo_kernel.hardware import ThroughputModel
-from aimo_kernel.profile import CandidateRow, ProblemRow, Replay, RoundRow
+from aimo_kernel.testing.hardware import ThroughputModel
+from aimo_kernel.tools import profile as prof
+from aimo_kernel.tools.profile import CandidateRow, ProblemRow, Replay, RoundRow
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # step(batch, ctx) = 0.01 + batch × ctx × 0.0001 seconds
@@ -75,9 +75,9 @@ def test_quantiles_mixes_and_fit():
 
 
 def fake_trace(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from aimo_kernel.engine.fake import FakeAsyncEngine, scripted
-    from aimo_kernel.problems import bundled_problems_path
-    from aimo_kernel.runner import dry_run
+    from aimo_kernel.run.dryrun import dry_run
+    from aimo_kernel.run.problems import bundled_problems_path
+    from aimo_kernel.testing.fake import FakeAsyncEngine, scripted
 
     turns = ["Let me compute.\n```python\nprint(6 + 1)\n```\n```output\n", "So \\boxed{7}."]
     cfg = Config(preset="custom", tir=TIRConfig(num_candidates=3, max_rounds=2, mode="async"),
@@ -124,7 +124,7 @@ def test_profile_of_a_dry_run_trace(trace, tmp_path, capsys):
 
 def test_the_report_is_reproducible_from_the_trace(trace, tmp_path):
     opts = prof.ProfileOptions(hardware="l4x4", trace_candidates=3, mixes=20, grid_mixes=3)
-    from aimo_kernel.presets import get_preset
+    from aimo_kernel.config.presets import get_preset
 
     first = prof.profile(trace, tmp_path / "a", get_preset("aimo2-l4x4"), opts)
     second = prof.profile(trace, tmp_path / "b", get_preset("aimo2-l4x4"), opts)
@@ -138,7 +138,7 @@ def test_a_trace_that_never_converges_does_not_fit(tmp_path):
            "budget_used_s": 600.0, "votes": {}, "tokens": 0, "code_blocks": 0, "candidates": []}
     path = tmp_path / "trace.jsonl"
     path.write_text(json.dumps(rec) + "\n")
-    from aimo_kernel.presets import get_preset
+    from aimo_kernel.config.presets import get_preset
 
     result = prof.profile(path, tmp_path / "r", get_preset("aimo1-t4x2"),
                           prof.ProfileOptions(hardware="t4x2", trace_candidates=48, mixes=5, grid=False))
@@ -148,7 +148,7 @@ def test_a_trace_that_never_converges_does_not_fit(tmp_path):
 
 
 def test_bad_trace_and_hardware_are_one_line_errors(tmp_path):
-    from aimo_kernel.cli import CliError
+    from aimo_kernel.errors import UsageError as CliError
 
     bad = tmp_path / "trace.jsonl"
     bad.write_text("{not json\n")

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aimo_kernel import quantize as q
-from aimo_kernel.problems import bundled_problems_path, read_problems
-from aimo_kernel.tinymodel import ensure_tiny_random_llama
+from aimo_kernel.models import ensure_tiny_random_llama
+from aimo_kernel.run.problems import bundled_problems_path, read_problems
+from aimo_kernel.tools import quantize as q
 
 DEEPSEEKMATH_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 30,
                    "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 102400}

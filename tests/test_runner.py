@@ -1,13 +1,17 @@
-"""The run: budgets per problem, the trace, a stalled engine rebuilt, every problem answered."""
+"""The run: budgets per problem, the trace, a stalled engine rebuilt, a failed load retried once, every
+problem answered, fallbacks counted."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
+import pytest
+
 from aimo_kernel.config import BudgetConfig, Config, EngineConfig, SamplingConfig, TIRConfig, VoteConfig
-from aimo_kernel.engine.fake import FakeAsyncEngine, FakeEngine
-from aimo_kernel.runner import Runner
+from aimo_kernel.run.runner import ProblemRecord, Runner, fallback_lines
+from aimo_kernel.testing.fake import FakeAsyncEngine, FakeEngine
 
 
 def config(backend: str = "fake-async") -> Config:
@@ -76,3 +80,114 @@ def test_an_engine_that_cannot_load_still_answers_every_problem():
     finally:
         runner.close()
     assert all(r.stop_reason == "error" and "no GPU" in r.error for r in runner.records)
+
+
+# --- a failed model load: one bounded retry, then the fallback at once --------------------------------------
+
+
+def test_a_failed_load_is_retried_once_then_every_problem_answers_the_fallback_at_once():
+    loads = []
+
+    def factory(cfg):
+        loads.append(time.monotonic())
+        raise RuntimeError("CUDA out of memory")
+
+    runner = Runner(config("fake"), engine_factory=factory, started=time.monotonic())
+    try:
+        answers = [runner.answer(i, "x") for i in range(5)]
+    finally:
+        runner.close()
+    assert answers == [0] * 5 and len(loads) == 2  # the first call and one retry in the second
+    assert "failed to load 2 times" in runner.gave_up and "CUDA out of memory" in runner.gave_up
+    assert all(r.fallback_reason == "model not loaded" for r in runner.records)
+    assert max(r.seconds for r in runner.records[2:]) < 0.05  # no third try: answered at once
+    lines = runner.summary_lines()
+    assert any("failed to load 2 times" in line for line in lines)
+    assert any(line.startswith("!!! WARNING: 5 of 5 problems (100%) got the fallback answer 0") for line in lines)
+
+
+def test_a_hanging_load_retry_is_bounded_by_the_calls_deadline(monkeypatch):
+    from aimo_kernel.core import budget
+
+    cfg = dataclasses.replace(config("fake"), competition="aimo2")  # validated against the real deadline
+    monkeypatch.setitem(budget.CALL_DEADLINE_S, "aimo2", 4.0)  # then a 4 s gateway deadline, 1 s margin
+    monkeypatch.setattr(budget, "CALL_MARGIN_S", 1.0)
+    loads = []
+
+    def factory(cfg):
+        loads.append(1)
+        if len(loads) == 1:
+            raise RuntimeError("first load fails")
+        time.sleep(30)  # the retry hangs
+
+    runner = Runner(cfg, engine_factory=factory, started=time.monotonic())
+    try:
+        runner.answer("a", "x")  # the first call: no deadline, the load fails
+        took = []
+        for pid in ("b", "c"):
+            t0 = time.monotonic()
+            runner.answer(pid, "x")
+            took.append(time.monotonic() - t0)
+    finally:
+        runner.close()
+    # the retry is given what is left of the call (4 - 1 margin - 1 floor = 2 s), then abandoned
+    assert len(loads) == 2 and 1.5 < took[0] < 3.0 and took[1] < 0.05
+    assert "did not load within" in runner.gave_up
+    assert [r.fallback_reason for r in runner.records] == ["model not loaded"] * 3
+
+
+def test_a_stalled_engine_is_rebuilt_in_the_next_call_not_the_one_that_saw_it():
+    engines: list[FakeAsyncEngine] = []
+
+    def factory(cfg):
+        engines.append(FakeAsyncEngine(lambda req: "Thus \\boxed{7}.", chunk=4,
+                                       stall_after_tokens=4 if not engines else None))
+        return engines[-1]
+
+    runner = Runner(config(), engine_factory=factory, started=time.monotonic())
+    try:
+        runner.answer("a", "Problem one?")
+        assert len(engines) == 1 and runner.restarts == 0  # the stalled call returned without rebuilding
+        assert runner.answer("b", "Problem two?") == 7
+    finally:
+        runner.close()
+    assert runner.restarts == 1 and len(engines) == 2 and engines[0].closed
+
+
+# --- strict mode: failures raise instead of answering the fallback ---------------------------------------
+
+
+def test_strict_runner_raises_what_a_competition_runner_answers():
+    def factory(cfg):
+        raise RuntimeError("no GPU")
+
+    strict = Runner(config("fake"), engine_factory=factory, started=time.monotonic(), strict=True)
+    with pytest.raises(RuntimeError, match="no GPU"):
+        strict.answer("a", "x")
+    strict.close()
+
+
+# --- no silent zeros --------------------------------------------------------------------------------------
+
+
+def test_fallback_answers_are_counted_with_their_reasons():
+    responses = iter(["no box here", "Thus \\boxed{5}.", "still nothing", "Thus \\boxed{5}."] * 10)
+    cfg = dataclasses.replace(config("fake"), tir=TIRConfig(num_candidates=1, max_rounds=1, no_code_policy="keep"))
+    runner = Runner(cfg, engine_factory=lambda c: FakeEngine(lambda req: next(responses)), started=time.monotonic())
+    try:
+        answers = [runner.answer(i, f"Problem {i}?") for i in range(3)] + [runner.answer(3, "")]
+    finally:
+        runner.close()
+    assert answers == [0, 5, 0, 0]
+    assert [r.fallback_reason for r in runner.records] == ["no candidate answered", "", "no candidate answered",
+                                                            "empty problem"]
+    lines = fallback_lines(runner.records, 0)
+    assert lines[0] == "fallback answers: 3 of 4 (no candidate answered ×2, empty problem ×1)"
+    assert lines[1].startswith("!!! WARNING: 3 of 4 problems (75%) got the fallback answer 0")
+
+
+def test_no_loud_line_at_a_tenth_or_less():
+    rec = ProblemRecord(id="a", answer=1, gold=None, seconds=0.0, tokens=0, code_blocks=0, stop_reason="finished",
+                        votes={1: 1.0})
+    records = [rec] * 9 + [dataclasses.replace(rec, answer=0, fallback_reason="engine stalled")]
+    assert fallback_lines(records, 0) == ["fallback answers: 1 of 10 (engine stalled ×1)"]

@@ -10,9 +10,9 @@ import pytest
 from test_solver import ANSWER_TURN, CODE_TURN, FakeSandbox
 
 from aimo_kernel.config import BudgetConfig, Config, SamplingConfig, TIRConfig, VoteConfig
-from aimo_kernel.engine.fake import FakeAsyncEngine, scripted
-from aimo_kernel.scheduler import AsyncSCTIR
-from aimo_kernel.solver import Effort
+from aimo_kernel.solve.pipeline import Solver
+from aimo_kernel.solve.result import Effort
+from aimo_kernel.testing.fake import FakeAsyncEngine, scripted
 
 
 def config(mode: str = "async", rules: tuple[str, ...] = (), decided: bool = False, stall: float = 60.0,
@@ -27,8 +27,7 @@ def config(mode: str = "async", rules: tuple[str, ...] = (), decided: bool = Fal
 
 def solve(engine: FakeAsyncEngine, cfg: Config, seconds: float = 20.0, effort: Effort | None = None):
     sandbox = FakeSandbox()
-    result = asyncio.run(AsyncSCTIR(engine, sandbox, cfg).solve("What is 6 times 7?", seconds=seconds,
-                                                                effort=effort))
+    result = asyncio.run(Solver(engine, sandbox, cfg).solve("What is 6 times 7?", seconds=seconds, effort=effort))
     return result, sandbox
 
 
@@ -49,7 +48,7 @@ def test_agreement_rule_stops_early_and_aborts_the_rest():
     engine = FakeAsyncEngine(lambda req: next(answers), seconds_per_token=0.0005, chunk=64)
     cfg = config(rules=("3/4",), no_code_policy="keep", num_candidates=6)
     result, _ = solve(engine, cfg)
-    assert result.stop_reason == "agreement:3/4" and result.answer == 5
+    assert result.stop_reason == "agreement" and result.agreement_rule == "3/4" and result.answer == 5
     assert engine.aborted and not engine.active  # the slow ones were cut off and aborted
     assert sum(c.reason == "stopped" for c in result.candidates) == 3
 
@@ -58,7 +57,7 @@ def test_decided_when_the_rest_cannot_overturn():
     answers = iter(["\\boxed{5}"] * 3 + ["x" * 4000 + "\\boxed{7}"])
     engine = FakeAsyncEngine(lambda req: next(answers), seconds_per_token=0.0005, chunk=64)
     result, _ = solve(engine, config(decided=True, no_code_policy="keep"))
-    assert result.stop_reason == "agreement:decided" and result.answer == 5
+    assert result.stop_reason == "agreement" and result.agreement_rule == "decided" and result.answer == 5
 
 
 def test_finished_candidates_are_replaced_while_the_vote_is_undecided():
@@ -110,7 +109,7 @@ def test_sync_mode_waits_for_the_whole_round():
 def test_bad_problems(problem, reason):
     engine = FakeAsyncEngine(scripted([ANSWER_TURN]))
     cfg = config()
-    result = asyncio.run(AsyncSCTIR(engine, FakeSandbox(), cfg).solve(problem, seconds=5.0))
+    result = asyncio.run(Solver(engine, FakeSandbox(), cfg).solve(problem, seconds=5.0))
     assert result.stop_reason == reason and result.vote.is_fallback and not engine.requests
 
 

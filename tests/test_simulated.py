@@ -6,11 +6,11 @@ import asyncio
 import dataclasses
 import time
 
-from aimo_kernel.engine.simulated import SimulatedEngine
-from aimo_kernel.hardware import T4X2
-from aimo_kernel.presets import get_preset
-from aimo_kernel.scheduler import AsyncSCTIR
-from aimo_kernel.simulation import SimulatedSandbox, TraceModel, run_virtual, tir_responder
+from aimo_kernel.config.presets import get_preset
+from aimo_kernel.solve.pipeline import Solver
+from aimo_kernel.testing.hardware import T4X2
+from aimo_kernel.testing.simulated import SimulatedEngine
+from aimo_kernel.testing.simulation import SimulatedSandbox, TraceModel, run_virtual, tir_responder
 
 
 def test_virtual_time_moves_without_waiting():
@@ -35,7 +35,7 @@ def solve(mode: str, *, early_stop: bool = False, agreement: float = 0.5):
         engine = SimulatedEngine(T4X2, tir_responder(TraceModel(agreement=agreement)))
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        result = await AsyncSCTIR(engine, SimulatedSandbox(), cfg).solve("p", seconds=3600)
+        result = await Solver(engine, SimulatedSandbox(), cfg).solve("p", seconds=3600)
         engine.close()
         return result, loop.time() - t0, engine
 
@@ -54,6 +54,6 @@ def test_same_work_in_both_modes_and_the_pipeline_takes_less_time():
 def test_early_stopping_saves_tokens_and_keeps_the_answer():
     full, _, full_engine = solve("async", agreement=0.9)
     early, _, early_engine = solve("async", early_stop=True, agreement=0.9)
-    assert early.stop_reason.startswith("agreement:")
+    assert early.stop_reason == "agreement" and early.agreement_rule
     assert early_engine.tokens < full_engine.tokens
     assert early.answer == full.answer == 42

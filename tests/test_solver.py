@@ -1,4 +1,5 @@
-"""The SC-TIR loop on the fake engine: rounds, code, restarts, pruning, truncation, deadlines, voting."""
+"""The SC-TIR core on the blocking fake engine (synchronous rounds through the blocking adapter):
+rounds, code, restarts, pruning, truncation, deadlines, voting."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from collections.abc import Sequence
 import pytest
 
 from aimo_kernel.config import BudgetConfig, Config, SamplingConfig, SandboxConfig, TIRConfig, VoteConfig
-from aimo_kernel.engine.fake import FakeEngine, scripted
 from aimo_kernel.sandbox import ExecutionResult, SubprocessSandbox
-from aimo_kernel.solver import SCTIRSolver, last_code_block
+from aimo_kernel.solve.dialect import last_code_block
+from aimo_kernel.solve.pipeline import Solver
+from aimo_kernel.testing.fake import FakeEngine, scripted
 
 CODE_TURN = "Let me compute.\n```python\nprint(6 * 7)\n```\n```output\n"
 ANSWER_TURN = "So the answer is $\\boxed{42}$."
@@ -51,7 +53,7 @@ def config(**tir: object) -> Config:
 def solve(responder, cfg: Config | None = None, sandbox=None, **engine_kwargs):
     engine = FakeEngine(responder, **engine_kwargs)
     sandbox = sandbox or FakeSandbox()
-    result = SCTIRSolver(engine, sandbox, cfg or config()).solve("What is 6 times 7?")
+    result = Solver(engine, sandbox, cfg or config()).run("What is 6 times 7?")
     return result, engine, sandbox
 
 
@@ -173,12 +175,12 @@ def test_code_gets_only_the_time_left():
                                                  ("x" * 10_000, "prompt_too_long")])
 def test_bad_problems_get_the_fallback(problem, reason):
     engine = FakeEngine(scripted([ANSWER_TURN]), max_model_len=4096)
-    result = SCTIRSolver(engine, FakeSandbox(), config()).solve(problem)
+    result = Solver(engine, FakeSandbox(), config()).run(problem)
     assert result.stop_reason == reason and result.answer == 0 and result.error
     assert engine.calls == []
 
 
-def test_a_failing_engine_never_raises():
+def test_a_failing_engine_ends_the_problem_with_an_error_not_an_exception():
     def boom(req):
         raise RuntimeError("engine died")
 

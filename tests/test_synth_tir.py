@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from aimo_kernel.answers import AnswerRule, extract_answer
 from aimo_kernel.config import SandboxConfig
-from aimo_kernel.problems import bundled_problems_path, read_problems
+from aimo_kernel.core.answers import AnswerRule, extract_answer
+from aimo_kernel.run.problems import bundled_problems_path, read_problems
 from aimo_kernel.sandbox import SubprocessSandbox
-from aimo_kernel.solver import STOP, last_code_block
+from aimo_kernel.solve.dialect import STOP, last_code_block
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import synth_tir  # noqa: E402

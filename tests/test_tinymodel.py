@@ -7,7 +7,7 @@ import json
 import pytest
 from tokenizers import Tokenizer
 
-from aimo_kernel.tinymodel import CHAT_TEMPLATE, MARKER_TOKENS, ensure_tiny_random_llama, resolve_model
+from aimo_kernel.models import CHAT_TEMPLATE, MARKER_TOKENS, ensure_tiny_random_llama, resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,8 @@ def test_resolve_model_errors(tmp_path):
 
 
 def test_trained_model_ships_inside_the_package():
-    from aimo_kernel.presets import get_preset
-    from aimo_kernel.tinymodel import DEFAULT_MODEL
+    from aimo_kernel.config.presets import get_preset
+    from aimo_kernel.models import DEFAULT_MODEL
 
     path = resolve_model(DEFAULT_MODEL)
     assert path.parent.name == "models" and path.parent.parent.name == "aimo_kernel"

@@ -20,10 +20,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from aimo_kernel.config.presets import get_preset
 from aimo_kernel.engine import AsyncEngine, Engine, GenerationRequest, SamplingParams, get_engine
 from aimo_kernel.engine.hf_backend import stop_end
-from aimo_kernel.presets import get_preset
-from aimo_kernel.solver import STOP
+from aimo_kernel.solve.dialect import STOP
 
 ROOT = Path(__file__).resolve().parents[1]
 _CPU = get_preset("cpu")

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from aimo_kernel.config.presets import get_preset
 from aimo_kernel.engine import GenerationRequest, SamplingParams, get_engine
-from aimo_kernel.presets import get_preset
 
 pytestmark = pytest.mark.vllm
 

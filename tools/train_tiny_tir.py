@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import synth_tir  # noqa: E402
 
-from aimo_kernel.tinymodel import BOS, EOS, PAD, train_bpe_tokenizer  # noqa: E402
+from aimo_kernel.models import BOS, EOS, PAD, train_bpe_tokenizer  # noqa: E402
 
 ARCH = {
     "hidden_size": 256,

@@ -1,7 +1,11 @@
-"""The engine protocol: what the solver needs from a text generator, and the typed data it exchanges.
+"""The engine protocols: what the solver needs from a text generator, and the typed data it exchanges.
 
-Covers the request/response types and the protocol. Backends (vLLM, the fake used by unit tests)
-live in their own modules and are reached through :func:`aimo_kernel.engine.get_engine`.
+Three protocols: :class:`PromptFormat` (the prompt side: chat template, token count, context size),
+shared by :class:`Engine` (blocking: a batch per call, bounded by a deadline) and
+:class:`AsyncEngine` (streaming: one request at a time, abortable). Covers the request/response types
+and the protocols only. Backends (vLLM, transformers) live in their own modules and are reached
+through :func:`aimo_kernel.engine.get_engine`; the solver drives a blocking engine through an
+adapter (:mod:`aimo_kernel.solve.blocking`).
 """
 
 from __future__ import annotations
@@ -10,20 +14,29 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-FINISH_REASONS = ("stop", "eos", "length", "deadline", "error")
+from aimo_kernel.errors import AimoError
+from aimo_kernel.vocab import FinishReason
+
+FINISH_REASONS = tuple(r.value for r in FinishReason)
 
 
-class EngineError(RuntimeError):
+class EngineError(AimoError, RuntimeError):
     """The engine could not be created or a generation failed as a whole."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class GenerationRequest:
-    """One continuation: the full text so far (prompt + trace), its token budget and its seed."""
+    """One continuation: the full text so far (prompt + trace), its token budget and its seed.
+
+    ``deadline`` (absolute ``time.monotonic()``, None: the call's own) is when the text is needed by:
+    a blocking engine is called with the earliest deadline of its batch; a streaming one is cut off
+    by its caller instead.
+    """
 
     prompt: str
     max_tokens: int
     seed: int | None = None
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +46,8 @@ class SamplingParams:
     temperature: float
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    # None: no log-probabilities; k >= 0: each generated token's, and the k most likely alternatives'
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +64,10 @@ class Generation:
     prompt_tokens: int
     finish_reason: str
     cached_tokens: int = 0
+    # asked for with SamplingParams.logprobs: per generated token, its log-probability, and those of the
+    # step's most likely tokens, most likely first (k of them, k + 1 where the sampled one is not among them)
+    logprobs: tuple[float, ...] = ()
+    top_logprobs: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.finish_reason not in FINISH_REASONS:
@@ -56,8 +75,8 @@ class Generation:
 
 
 @runtime_checkable
-class Engine(Protocol):
-    """A loaded model. ``deadline`` is an absolute ``time.monotonic()`` value that no call may outlive."""
+class PromptFormat(Protocol):
+    """The prompt side of a loaded model: how a problem becomes a prompt, and how long a text is."""
 
     name: str
     max_model_len: int
@@ -67,6 +86,11 @@ class Engine(Protocol):
         ...
 
     def count_tokens(self, text: str) -> int: ...
+
+
+@runtime_checkable
+class Engine(PromptFormat, Protocol):
+    """A loaded model. ``deadline`` is an absolute ``time.monotonic()`` value that no call may outlive."""
 
     def generate(
         self, requests: Sequence[GenerationRequest], params: SamplingParams, *, deadline: float
@@ -83,26 +107,21 @@ class Delta:
 
     text: str
     num_tokens: int
-    finish_reason: str | None = None  # set on the last delta (one of FINISH_REASONS)
+    finish_reason: str | None = None  # set on the last delta (a FinishReason)
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    logprobs: tuple[float, ...] = ()  # as in Generation: one per token of this piece, when asked for
+    top_logprobs: tuple[tuple[float, ...], ...] = ()
 
 
 @runtime_checkable
-class AsyncEngine(Protocol):
+class AsyncEngine(PromptFormat, Protocol):
     """An engine that streams each request on its own, for the asynchronous scheduler.
 
     ``stream`` yields :class:`Delta` pieces until one carries a finish reason; a consumer that stops
     early (cancellation) must have the request aborted, and ``abort`` does so explicitly. ``alive``
     is False once the engine has died and must be rebuilt.
     """
-
-    name: str
-    max_model_len: int
-
-    def chat_prompt(self, problem: str) -> str: ...
-
-    def count_tokens(self, text: str) -> int: ...
 
     def stream(self, request: GenerationRequest, params: SamplingParams, request_id: str) -> AsyncIterator[Delta]:
         ...

@@ -24,12 +24,14 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aimo_kernel.config import Config
 from aimo_kernel.engine.base import EngineError, Generation, GenerationRequest, SamplingParams
 from aimo_kernel.engine.vllm_backend import render_chat
-from aimo_kernel.tinymodel import resolve_model
+from aimo_kernel.models import resolve_model
+
+if TYPE_CHECKING:
+    from aimo_kernel.config import Config
 
 log = logging.getLogger(__name__)
 

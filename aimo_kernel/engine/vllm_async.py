@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aimo_kernel.config import Config
 from aimo_kernel.engine.base import Delta, GenerationRequest, SamplingParams
 from aimo_kernel.engine.vllm_backend import finish_reason, load_error, prepare, render_chat
+
+if TYPE_CHECKING:
+    from aimo_kernel.config import Config
 
 
 def _known_args() -> set[str]:

@@ -17,11 +17,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aimo_kernel.config import Config, EngineConfig
 from aimo_kernel.engine.base import EngineError, Generation, GenerationRequest, SamplingParams
-from aimo_kernel.tinymodel import CHAT_TEMPLATE, resolve_model
+from aimo_kernel.models import CHAT_TEMPLATE, resolve_model
+
+if TYPE_CHECKING:
+    from aimo_kernel.config import Config, EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +61,31 @@ def engine_args(cfg: EngineConfig, model_path: str, *, seed: int = 0) -> dict[st
     return args
 
 
-def engine_env(cfg: EngineConfig) -> dict[str, str]:
-    """Environment variables vLLM reads at start-up for this configuration."""
-    env = {
+def engine_env(cfg: EngineConfig, *, streaming: bool = False) -> dict[str, str]:
+    """Every environment variable vLLM reads at start-up that this configuration decides, with its value.
+
+    Each is given explicitly (never left to whatever an earlier engine in this process set), so an
+    offline in-process engine followed by a streaming one does not leak its multiprocessing switch.
+    """
+    in_process = cfg.in_process and not streaming  # the streaming engine always runs its core in another process
+    return {
         # GiB of KV cache for the CPU build; without it start-up fails on memory. GPU builds ignore it.
         "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.cpu_kvcache_gib))),
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if in_process else "1",
     }
-    if cfg.in_process:
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    return env
+
+
+_SET_BY_US: dict[str, str] = {}
+
+
+def apply_env(env: dict[str, str]) -> None:
+    """Set the engine's variables; one the user set themselves (not by an earlier engine) is left alone."""
+    for key, value in env.items():
+        current = os.environ.get(key)
+        if current is not None and _SET_BY_US.get(key) != current:
+            continue
+        os.environ[key] = value
+        _SET_BY_US[key] = value
 
 
 def supported_args(args: dict[str, Any], known: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -113,14 +131,11 @@ def prepare(config: Config, known: Callable[[], set[str]], *, streaming: bool) -
         model_path = str(resolve_model(cfg.model))
     except FileNotFoundError as exc:
         raise EngineError(str(exc)) from None
-    env = engine_env(cfg)
-    if streaming:  # the streaming engine always runs its core in another process
-        env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    for key, value in env.items():
-        os.environ.setdefault(key, value)
+    env = engine_env(cfg, streaming=streaming)
+    apply_env(env)  # before ``known`` imports vLLM, which reads some of them at import
     kept, dropped = supported_args(engine_args(cfg, model_path, seed=config.sampling.seed), known())
     if "attention_backend" in dropped:  # vLLM < 0.17 reads it from the environment
-        os.environ.setdefault("VLLM_ATTENTION_BACKEND", str(dropped["attention_backend"]))
+        apply_env({"VLLM_ATTENTION_BACKEND": str(dropped["attention_backend"])})
     if dropped:
         log.info("this vLLM does not take %s; left out", ", ".join(sorted(dropped)))
     return kept
