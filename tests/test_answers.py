@@ -607,3 +607,18 @@ def test_no_real_decimal_answer_becomes_a_vote():
         votes = [(o["id"], extract_boxed(str(o["completion"]))) for o in outputs
                  if extract_answer(str(o["completion"]), rule) is not None]
         assert not votes, votes
+
+
+@pytest.mark.parametrize(("output", "expected"), [
+    ("42\n", 42),
+    ("x = 3\ny = 1234\n", 234),  # the last number, under the mod-1000 rule
+    ("2.0000000001", 2),
+    ("2.5", None),  # not an integer answer
+    ("-7", None),  # negatives dropped
+    ("no number here", None),
+    ("", None),
+])
+def test_last_number_a_code_block_printed(output, expected):
+    from aimo_kernel.core.answers import last_number
+
+    assert last_number(output, AnswerRule(modulus=1000, min_answer=0, max_answer=999)) == expected

@@ -150,6 +150,7 @@ def test_to_toml_round_trips(tmp_path, name):
         ("aimo1-t4x2", "aimo1", 9, 1000, 999),
         ("aimo2-l4x4", "aimo2", 5, 1000, 999),
         ("aimo3-h100", "aimo3", 5, 0, 99_999),
+        ("aimo3-gptoss20b", "aimo3", 5, 0, 99_999),
     ],
 )
 def test_competition_presets(name, competition, hours, modulus, max_answer):
@@ -158,6 +159,22 @@ def test_competition_presets(name, competition, hours, modulus, max_answer):
     assert cfg.budget.total_seconds == hours * 3600
     assert cfg.budget.num_problems == 50
     assert (cfg.vote.modulus, cfg.vote.max_answer) == (modulus, max_answer)
+
+
+@pytest.mark.parametrize(("name", "model", "context"), [("aimo3-h100", "gpt-oss-120b", 65_536),
+                                                        ("aimo3-gptoss20b", "gpt-oss-20b", 32_768)])
+def test_aimo3_presets_are_the_gpt_oss_recipe(name, model, context):
+    cfg = get_preset(name)
+    assert cfg.engine.model.endswith(model) and "numina" not in cfg.engine.model.lower()
+    # MXFP4 comes from the checkpoint: no GPTQ flag, no dtype forced onto a quantized model
+    assert (cfg.engine.quantization, cfg.engine.dtype, cfg.engine.tensor_parallel_size) == ("none", "auto", 1)
+    assert cfg.engine.max_model_len == context and cfg.engine.enable_prefix_caching
+    assert (cfg.engine.backend, cfg.engine.server) == ("openai", ("spawn",))
+    assert (cfg.tir.dialect, cfg.tir.num_candidates, cfg.tir.candidates_in_all) == ("harmony", 8, 8)
+    assert cfg.sandbox.session == "persistent" and cfg.vote.agreement_rules == ("4/8",)
+    assert (cfg.vote.mode, cfg.vote.confidence, cfg.vote.confidence_top_k) == ("weighted", "tail_entropy", 5)
+    assert cfg.budget.min_problem_seconds < cfg.budget.total_seconds / cfg.budget.num_problems \
+        < cfg.budget.per_problem_seconds  # room to bank time and spend it on hard problems
 
 
 def test_aimo1_preset_is_the_winning_recipe():

@@ -29,29 +29,42 @@ from aimo_kernel.config import (
 )
 from aimo_kernel.config.presets import get_preset
 from aimo_kernel.core.answers import AnswerRule
+from aimo_kernel.core.confidence import Confidence
 from aimo_kernel.engine.base import GenerationRequest
 from aimo_kernel.run.problems import Problem, ProblemSetError
+from aimo_kernel.run.trace import ProblemTrace, append_trace
 from aimo_kernel.solve.candidate import CandidateResult
+from aimo_kernel.solve.result import SolveResult
 from aimo_kernel.testing.fake import FakeAsyncEngine, FakeEngine
 from aimo_kernel.tools.evaluate import (
     CSV_COLUMNS,
+    EXTRA_RULES,
     EvalOptions,
+    SelectionRule,
     eval_config,
     format_report,
     gold_answers,
     not_run,
+    report_rules,
+    rescore_trace,
     run_eval,
     score_problem,
+    select,
     summarize,
     to_csv,
+    total_concurrency,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cand(answer: int | None, *, status: str = "done", code_blocks: int = 1, index: int = 0) -> CandidateResult:
+def cand(answer: int | None, *, status: str = "done", code_blocks: int = 1, index: int = 0,
+         entropy: float | None = None, verified: bool = False) -> CandidateResult:
+    conf = Confidence() if entropy is None else Confidence(tokens=10, mean_entropy=entropy, tail_entropy=entropy,
+                                                           tail_tokens=10, mean_logprob=-entropy)
     return CandidateResult(index=index, answer=answer, status=status, reason="eos", rounds=code_blocks + 1,
-                           restarts=0, code_blocks=code_blocks, tokens=10, text="")
+                           restarts=0, code_blocks=code_blocks, tokens=10, text="", confidence=conf,
+                           code_verified=verified)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -311,7 +324,8 @@ def test_eval_command_writes_the_table_and_the_csv(tmp_path):
     assert "maj@3" in lines[0] and "pass@3" in lines[0]
     assert sum(line.split()[0] in ("zero", "seven", "big") for line in lines) == 3
     overall = next(line for line in lines if line.startswith("overall (3/3)"))
-    assert overall.split()[2:6] == ["0.667", "0.667", "0.667", "0.000"]
+    assert overall.split()[2:7] == ["0.667", "0.667", "0.667", "0.667", "0.000"]  # pass@1 maj wtd pass gap
+    assert "weighted@3" in out.stdout  # the selection block: every rule from the same candidates
     with (tmp_path / "out" / "eval.csv").open() as fh:
         reader = csv.DictReader(fh)
         assert tuple(reader.fieldnames or ()) == CSV_COLUMNS
@@ -395,3 +409,126 @@ def test_eval_command_on_vllm_cpu(tmp_path):
     assert float(overall["second_round"]) >= 0.1, overall  # some right answers came after a failed block
     trace = [json.loads(line) for line in (tmp_path / "out" / "trace.jsonl").read_text().splitlines()]
     assert len(trace) == 24 and all(len(t["candidates"]) == 8 and t["tokens"] > 0 for t in trace)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Selection rules from the same candidates
+
+
+def test_each_selection_rule_picks_from_the_same_candidates():
+    answers = [5, 5, 5, 3, 3, None]
+    conf = [Confidence(tokens=4, mean_entropy=h, tail_entropy=h, tail_tokens=4, mean_logprob=-h)
+            for h in (1.0, 1.0, 1.0, 0.1, 0.1, 0.0)]
+    verified = [False, False, False, False, False, True]
+    assert select(SelectionRule(name="maj"), answers, conf, verified) == 5
+    assert select(SelectionRule(name="w", power=1.0), answers, conf, verified) == 3  # 20 against 3
+    assert select(SelectionRule(name="top", keep=0.4), answers, conf, verified) == 3  # the two most confident
+    assert select(SelectionRule(name="code", code_bonus=10.0), [5, 5, 3], conf[:3], [False, False, True]) == 3
+    unknown = [Confidence()] * 6
+    assert select(SelectionRule(name="w", power=1.0), answers, unknown, verified) == 5  # no logprobs: majority
+    assert select(SelectionRule(name="w", power=1.0), [None], [Confidence()], [False]) is None
+    with pytest.raises(ConfigError, match="keep"):
+        SelectionRule(name="x", keep=0.0)
+    with pytest.raises(ValueError, match="signal"):
+        SelectionRule(name="x", signal="entropy")
+
+
+def test_the_summary_reports_every_rule_and_the_share_of_the_gap_it_closes():
+    vote = VoteConfig(confidence_power=1.0)
+    sure_minority = [cand(5, entropy=1.0), cand(5, entropy=1.0), cand(5, entropy=1.0), cand(3, entropy=0.1),
+                     cand(3, entropy=0.1)]
+    scores = [score_problem("a", 3, sure_minority, num_candidates=5, rules=report_rules(vote)),
+              score_problem("b", 5, sure_minority, num_candidates=5, rules=report_rules(vote)),
+              score_problem("c", 7, [cand(7, entropy=0.5)] * 5, num_candidates=5, rules=report_rules(vote))]
+    assert [s.right("weighted") for s in scores] == [1, 0, 1] and [s.maj_at_n for s in scores] == [0, 1, 1]
+    o = summarize(scores)
+    assert [name for name, _ in o.selection] == ["weighted"] + [r.name for r in EXTRA_RULES]
+    assert o.at_n("weighted") == pytest.approx(2 / 3) and o.maj_at_n == pytest.approx(2 / 3)
+    assert o.pass_at_n == 1.0 and o.gap_closed("weighted") == pytest.approx(0.0)
+    assert summarize(scores[:1]).gap_closed("weighted") == pytest.approx(1.0)  # maj 0, weighted 1, pass 1
+    assert summarize(scores[2:]).gap_closed("weighted") is None  # no gap to close
+    report = dataclasses.replace(fake_report(scores), summary=o)
+    text = format_report(report)
+    assert "weighted@5" in text and "top50_tail@5" in text
+    rows = list(csv.DictReader(io.StringIO(to_csv(report))))
+    assert [r["weighted_at_n"] for r in rows[:3]] == ["1", "0", "1"]
+    assert float(rows[-1]["weighted_at_n"]) == pytest.approx(2 / 3) and "top50_tail_at_n" in rows[-1]
+
+
+def fake_report(scores):
+    from aimo_kernel.tools.evaluate import EvalReport
+
+    return EvalReport(scores=scores, summary=summarize(scores), num_candidates=5, per_problem_seconds=1.0,
+                      concurrency=1, load_seconds=0.0, solve_seconds=1.0, seconds=1.0)
+
+
+def test_rescoring_a_trace_offline_gives_the_same_numbers_as_the_run(tmp_path):
+    vote = VoteConfig(confidence_power=1.0)
+    cands = (cand(5, entropy=1.0, index=0), cand(5, entropy=1.0, index=1), cand(3, entropy=0.05, index=2))
+    scores = []
+    for gold in (3, 5):
+        from aimo_kernel.core.answers import majority_vote
+
+        vote_result = majority_vote([c.answer for c in cands], fallback=0)
+        result = SolveResult(answer=vote_result.answer, vote=vote_result, candidates=cands)
+        append_trace(tmp_path / "trace.jsonl", ProblemTrace.from_result(f"p{gold}", result, gold, used_s=1.0))
+        scores.append(score_problem(f"p{gold}", gold, cands, num_candidates=3, rules=report_rules(vote)))
+    again, summary = rescore_trace(tmp_path / "trace.jsonl", vote)
+    assert [s.picks for s in again] == [s.picks for s in scores]
+    assert summary.selection == summarize(scores).selection
+    assert (summary.maj_at_n, summary.pass_at_n, summary.at_n("weighted")) == (0.5, 1.0, 0.5)
+    out = cli("--rescore", str(tmp_path / "trace.jsonl"), "--set", "vote.confidence_power=1.0")
+    assert out.returncode == 0, out.stderr
+    assert "maj@3 0.500, pass@3 1.000" in out.stdout and re.search(r"weighted@3 +0\.500", out.stdout)
+    assert cli().returncode == 2  # neither --problems nor --rescore
+
+
+# ---------------------------------------------------------------------------------------------------
+# Across servers
+
+
+def test_endpoints_make_the_openai_backend_and_a_per_server_concurrency():
+    options = EvalOptions(concurrency=3, endpoints=["http://a:8000", "http://b:8000"])
+    cfg = eval_config(get_preset("cpu"), options)
+    assert (cfg.engine.backend, cfg.engine.server) == ("openai", ("http://a:8000", "http://b:8000"))
+    assert total_concurrency(options) == 6 and total_concurrency(EvalOptions(concurrency=3)) == 3
+    with pytest.raises(ConfigError, match="server"):
+        eval_config(get_preset("cpu"), EvalOptions(endpoints=("ftp://nowhere",)))
+
+
+def test_eval_over_two_servers_spreads_the_work_and_survives_one_dying(tmp_path):
+    import threading
+
+    from fake_openai_server import FakeServer
+
+    a, b = FakeServer().start(), FakeServer().start()
+    b.behaviour.slow_s = 0.002
+    try:
+        path = write_problems(tmp_path / "p.csv", {f"q{i}": 4 for i in range(8)},
+                              texts={f"q{i}": f"What is {i} + 4 - {i}?" for i in range(8)})
+        base = get_preset("cpu")
+        cfg = dataclasses.replace(base, budget=dataclasses.replace(base.budget, stall_timeout_s=3.0),
+                                  sandbox=dataclasses.replace(base.sandbox, kind="subprocess"),
+                                  sampling=dataclasses.replace(base.sampling, max_new_tokens=48))
+
+        def kill_b() -> None:  # once b has work, its streams go silent and it stops taking connections
+            deadline = time.monotonic() + 60
+            while len(b.behaviour.bodies) < 6 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            b.behaviour.stall_after = 0
+            b.stop()
+
+        killer = threading.Thread(target=kill_b, daemon=True)
+        killer.start()
+        options = EvalOptions(candidates=3, per_problem_seconds=20.0, concurrency=1, endpoints=(a.url, b.url))
+        t0 = time.monotonic()
+        report = run_eval(cfg, path, options, out_dir=tmp_path / "out")
+        killer.join(5)
+    finally:
+        a.stop()
+    assert time.monotonic() - t0 < 8 * 20.0
+    assert report.summary.run == 8 and report.concurrency == 2  # every problem solved, one per server at a time
+    assert len(b.behaviour.bodies) >= 6 and len(a.behaviour.bodies) > len(b.behaviour.bodies)
+    lines = (tmp_path / "out" / "trace.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["id"] for line in lines) == sorted(f"q{i}" for i in range(8))  # one record each
+    assert {r["status"] for r in csv.DictReader((tmp_path / "out" / "eval.csv").open())} == {"run", "overall"}

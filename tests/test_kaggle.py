@@ -312,6 +312,8 @@ def test_dry_run_table_marks_fallbacks_and_puts_the_model_load_on_its_own_line(t
         ("aimo1", (H100,), "aimo3-h100"),
         ("aimo1", (), "cpu"),
         ("aimo3", None, "aimo3-h100"),  # nothing tells what the machine has: the competition's own
+        ("aimo3", (L4,), "aimo3-gptoss20b"),  # one 24 GB card: gpt-oss-20b rather than no GPU preset
+        ("aimo2", (L4,), "aimo3-gptoss20b"),
     ],
 )
 def test_auto_picks_the_preset_for_the_competition_and_the_gpus(competition, gpus, chosen):
@@ -323,6 +325,15 @@ def test_auto_picks_the_preset_for_the_competition_and_the_gpus(competition, gpu
         assert (cfg.vote.modulus, cfg.vote.max_answer) == (0, 99_999)
     else:
         assert (cfg.vote.modulus, cfg.vote.max_answer) == (1000, 999)
+
+
+def test_a_spawned_servers_preset_must_fit_the_gpus_too():
+    cfg, lines = resolve_config("aimo3-h100", "aimo3", (L4,))
+    assert cfg.preset == "aimo3-gptoss20b" and cfg.tir.dialect == "harmony"
+    assert any(line.startswith("!!!") and "aimo3-h100 needs 75 GiB per GPU" in line for line in lines)
+    # someone else's server: this machine's GPUs do not matter
+    cfg, lines = resolve_config("aimo3-h100", "aimo3", (L4,), overrides=["engine.server=['http://h:8000']"])
+    assert cfg.preset == "aimo3-h100" and not any(line.startswith("!!!") for line in lines)
 
 
 def test_a_named_preset_that_contradicts_the_machine_is_corrected_loudly():

@@ -235,3 +235,28 @@ def test_worker_module_is_importable_and_standalone():
     assert isinstance(worker, types.ModuleType)
     source = Path(worker.__file__).read_text()
     assert "from aimo_kernel" not in source and "import aimo_kernel" not in source
+
+
+@pytest.mark.parametrize("kind", ["pool", "subprocess"])
+def test_an_interpreter_installed_under_tmp_still_finds_its_packages(tmp_path, kind):
+    """A virtual environment (or checkout) in /tmp must not vanish under the block's private /tmp."""
+    import subprocess as sp
+    import sys as _sys
+    import sysconfig
+
+    venv = tmp_path / "venv"  # pytest's tmp_path lies under /tmp
+    sp.run([_sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = sp.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                     capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    assert purelib.startswith("/tmp/") and sysconfig.get_paths()["purelib"] != purelib
+    (Path(purelib) / "installed_here.py").write_text("VALUE = 42\n")
+    sandbox = make_sandbox(SandboxConfig(kind=kind, python=str(python), preload=("math",), workers=1))
+    try:
+        res = sandbox.run("import installed_here\nprint(installed_here.VALUE)", timeout_s=20)
+        again = sandbox.run("open('/tmp/scratch', 'w').write('x')\nprint(open('/tmp/scratch').read())", timeout_s=20)
+    finally:
+        sandbox.close()
+    assert res.ok and res.stdout.strip() == "42", res
+    assert again.ok and again.stdout.strip() == "x", again  # the private /tmp still works beside the bound folder
+    assert not (tmp_path / "scratch").exists()

@@ -122,3 +122,40 @@ def test_effort_limits_candidates_and_rounds():
 def test_config_round_trip_of_the_new_fields():
     cfg = dataclasses.replace(config(), vote=VoteConfig(agreement_rules=("4/5", "6/9")))
     assert cfg.vote.agreement_rules == ("4/5", "6/9")
+
+
+def test_the_admission_window_releases_requests_that_arrive_together_at_once():
+    from aimo_kernel.engine.vllm_async import AsyncVLLMEngine
+
+    engine = AsyncVLLMEngine.__new__(AsyncVLLMEngine)  # the window only: no vLLM engine behind it
+
+    async def arrivals(window: float, gaps: list[float]) -> list[float]:
+        engine.coalesce_s, engine._gate = window, None
+        loop = asyncio.get_running_loop()
+        start, released = loop.time(), []
+
+        async def one(delay: float) -> None:
+            await asyncio.sleep(delay)
+            await engine._admitted()
+            released.append(loop.time() - start)
+
+        await asyncio.gather(*(one(d) for d in gaps))
+        return sorted(released)
+
+    # three within 50 ms of the first leave together when the window closes; a late one opens a new window
+    together = asyncio.run(arrivals(0.1, [0.0, 0.02, 0.05, 0.3]))
+    assert together[2] - together[0] < 0.01 and together[0] >= 0.09 and together[3] >= 0.39
+    assert asyncio.run(arrivals(0.0, [0.0, 0.0]))[1] < 0.05  # no window: nothing waits
+
+    async def cancelled_waiter_keeps_the_window() -> float:
+        engine.coalesce_s, engine._gate = 0.05, None
+        first = asyncio.ensure_future(engine._admitted())
+        await asyncio.sleep(0)
+        t0 = asyncio.get_running_loop().time()
+        second = asyncio.ensure_future(engine._admitted())
+        await asyncio.sleep(0.01)
+        first.cancel()
+        await second
+        return asyncio.get_running_loop().time() - t0
+
+    assert 0.03 < asyncio.run(cancelled_waiter_keeps_the_window()) < 0.5

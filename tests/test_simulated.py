@@ -57,3 +57,22 @@ def test_early_stopping_saves_tokens_and_keeps_the_answer():
     assert early.stop_reason == "agreement" and early.agreement_rule
     assert early_engine.tokens < full_engine.tokens
     assert early.answer == full.answer == 42
+
+
+def test_the_admission_window_only_delays_a_request_by_its_length():
+    from aimo_kernel.engine.base import GenerationRequest, SamplingParams
+
+    async def first_delta(window: float) -> float:
+        engine = SimulatedEngine(T4X2, lambda req: "x" * 64, coalesce_s=window)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            async for _ in engine.stream(GenerationRequest(prompt="p", max_tokens=64, seed=1),
+                                           SamplingParams(temperature=1.0), "r"):
+                return loop.time() - t0
+        finally:
+            engine.close()
+        return -1.0
+
+    plain, windowed = run_virtual(first_delta(0.0)), run_virtual(first_delta(0.004))
+    assert plain > 0 and abs(windowed - plain - 0.004) < 1e-9

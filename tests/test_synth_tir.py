@@ -114,3 +114,41 @@ def test_cli_writes_a_problem_csv(tmp_path):
     assert synth_tir.main(["--split", "heldout", "--count", "12", "--seed", "9", "--csv", str(out)]) == 0
     problems = read_problems(out)
     assert len(problems) == 12 and all(p.answer is not None for p in problems)
+
+
+# -- the chat-tools format (Qwen3-style tool calls), for a tool-calling tiny model ----------------------------------
+
+@pytest.fixture(scope="module")
+def train_tools() -> list[synth_tir.Example]:
+    return list(synth_tir.generate("train", 600, seed=5, dialect="chat-tools"))
+
+
+def test_chat_tools_solutions_are_the_same_solutions(train, train_tools):
+    assert [(e.problem, e.answer, e.kind, e.outputs) for e in train] == \
+        [(e.problem, e.answer, e.kind, e.outputs) for e in train_tools]
+
+
+def test_chat_tools_solutions_read_back_through_the_dialect(train, train_tools):
+    from aimo_kernel.sandbox import ExecutionResult
+    from aimo_kernel.solve.chat_tools import CLOSE, TOOL_TURN, ChatToolsDialect
+
+    dialect = ChatToolsDialect()
+    for numina, e in zip(train, train_tools):
+        assert "```" not in e.solution
+        calls = e.solution.split(CLOSE)
+        assert len(calls) - 1 == len(e.outputs)
+        for i, (out, piece) in enumerate(zip(e.outputs, rounds(numina.solution))):
+            text = CLOSE.join(calls[:i + 1]) + CLOSE  # the trace when the stop string ended call i
+            assert dialect.code(text) == last_code_block(piece)
+            assert e.solution[len(text):].startswith(TOOL_TURN[0] + out + TOOL_TURN[1])
+        # a run that printed is fed back exactly as the solver's dialect feeds it
+        last = e.outputs[-1]
+        assert dialect.feedback(ExecutionResult(stdout=last + "\n", exit_code=0), synth_tir.OUTPUT_WIDTH) == \
+            TOOL_TURN[0] + last + TOOL_TURN[1]
+        if "slip" not in e.kind:
+            assert dialect.answer(e.solution, RULE) == e.answer
+
+
+def test_an_unknown_dialect_is_refused():
+    with pytest.raises(ValueError, match="dialect must be one of"):
+        next(synth_tir.generate("train", 1, seed=0, dialect="harmony"))

@@ -143,7 +143,7 @@ def test_dry_run_command_on_this_backend(tmp_path):
         [sys.executable, "-m", "aimo_kernel", "dry-run", "--out", str(tmp_path), "--no-progress",
          "--set", "engine.backend=transformers", "--set", f"engine.model={CONFIG.engine.model}",
          "--set", "tir.num_candidates=2", "--set", "sampling.max_new_tokens=48"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ),
+        capture_output=True, text=True, timeout=900, cwd=ROOT, env=dict(os.environ),  # a loaded machine
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "accuracy: " in out.stdout and "/10 = " in out.stdout

@@ -6,7 +6,10 @@ remainders, sums of squares). Its numbers are random, so solving it means copyin
 the model cannot memorise answers. A solution is written in the exact format the solver expects:
 a sentence of reasoning, a ```python block, the ```output block the sandbox would print (the code is
 really executed here and its output or error rendered as :meth:`ExecutionResult.render` does), and a
-closing sentence with ``\\boxed{}``.
+closing sentence with ``\\boxed{}``. With ``dialect="chat-tools"`` the same solution is written as the
+chat-tools dialect reads it instead (:mod:`aimo_kernel.solve.chat_tools`): each block a
+``<tool_call>{"name": "python", "arguments": {"code": ...}}</tool_call>`` followed by the ChatML tool turn
+holding its output, so a model trained on it speaks Qwen3-style tool calls.
 
 Two kinds of solutions teach the parts of SC-TIR a single clean trace would not:
 
@@ -43,10 +46,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aimo_kernel.sandbox import ExecutionResult  # noqa: E402
+from aimo_kernel.solve.chat_tools import CLOSE, OPEN, TOOL_TURN  # noqa: E402
 
 OUTPUT_WIDTH = 200  # TIRConfig.output_max_chars: the output block as the solver renders it
 MAX_ANSWER = 99_999  # the AIMO3 range of the cpu preset; larger results are asked modulo 1000 or 10^5
 HELDOUT_BUCKETS = 20  # one problem text in 20 belongs to the held-out split
+DIALECTS = ("numina", "chat-tools")  # the formats a solution can be written in
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class Example:
     family: str
     problem: str
     answer: int
-    solution: str  # the assistant's text after "### Solution: "
+    solution: str  # the assistant's text after the prompt ("### Solution: " for numina)
     kind: str  # clean | repair | slip | repair+slip
     outputs: tuple[str, ...] = field(default=())
 
@@ -267,25 +272,29 @@ def _broken(p: Problem, rng: random.Random) -> str | None:
     return rng.choice(options) if options else None
 
 
-def _block(code: str) -> tuple[str, str, int | None]:
+def _block(code: str, dialect: str = "numina") -> tuple[str, str, int | None]:
+    """One block as the dialect writes it, with the output the solver would feed back."""
     out, value = run_code(code)
+    if dialect == "chat-tools":
+        call = json.dumps({"name": "python", "arguments": {"code": code}})
+        return f"{OPEN}\n{call}\n{CLOSE}{TOOL_TURN[0]}{out}{TOOL_TURN[1]}", out, value
     return f"```python\n{code}\n```\n```output\n{out}\n```\n", out, value
 
 
-def solve_text(p: Problem, rng: random.Random, *, repair: bool,
-               slip: bool) -> tuple[str, int | None, str, tuple[str, ...]]:
+def solve_text(p: Problem, rng: random.Random, *, repair: bool, slip: bool,
+               dialect: str = "numina") -> tuple[str, int | None, str, tuple[str, ...]]:
     """The assistant's solution; returns (text, boxed value, kind, outputs)."""
     final = _miscopy(p, rng) if slip else p
     kind = "slip" if final is not p and final is not None else "clean"
     final = final or p
     parts, outputs = [f"{p.intro} Let's compute it with Python.\n\n"], []
     if repair and (bad := _broken(final, rng)) is not None:
-        block, out, value = _block(bad)
+        block, out, value = _block(bad, dialect)
         if value is None:  # it really failed: the lesson holds
             parts += [block, rng.choice(_REPAIR_LINES) + "\n\n"]
             outputs.append(out)
             kind = "repair" if kind == "clean" else "repair+slip"
-    block, out, value = _block(_full_code(final))
+    block, out, value = _block(_full_code(final), dialect)
     parts.append(block)
     outputs.append(out)
     if value is None:
@@ -299,10 +308,13 @@ def split_of(problem_text: str) -> str:
 
 
 def generate(split: str, count: int, *, seed: int, repair_rate: float = 0.45,
-             slip_rate: float = 0.2) -> Iterator[Example]:
-    """``count`` examples of ``split`` ("train" or "heldout"), reproducible from ``seed``."""
+             slip_rate: float = 0.2, dialect: str = "numina") -> Iterator[Example]:
+    """``count`` examples of ``split`` ("train" or "heldout"), reproducible from ``seed``; the same problems
+    and choices for every dialect."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    if dialect not in DIALECTS:
+        raise ValueError(f"dialect must be one of {DIALECTS}, got {dialect!r}")
     rng = random.Random(f"{split}:{seed}")
     made, seen = 0, set()
     while made < count:
@@ -313,7 +325,8 @@ def generate(split: str, count: int, *, seed: int, repair_rate: float = 0.45,
         if gold is None or not 0 <= gold <= MAX_ANSWER:
             continue
         slip = split == "train" and rng.random() < slip_rate
-        text, value, kind, outputs = solve_text(p, rng, repair=rng.random() < repair_rate, slip=slip)
+        text, value, kind, outputs = solve_text(p, rng, repair=rng.random() < repair_rate, slip=slip,
+                                                dialect=dialect)
         if value is None:
             continue
         seen.add(p.text)
@@ -326,10 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", choices=("train", "heldout"), default="heldout")
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dialect", choices=DIALECTS, default="numina", help="the format the solutions are written in")
     ap.add_argument("--csv", type=Path, help="write id,problem,answer (the solver's problem format)")
     ap.add_argument("--jsonl", type=Path, help="write every field, solutions included")
     args = ap.parse_args(argv)
-    examples = list(generate(args.split, args.count, seed=args.seed))
+    examples = list(generate(args.split, args.count, seed=args.seed, dialect=args.dialect))
     if args.csv:
         with args.csv.open("w", newline="") as f:
             w = csv.writer(f)

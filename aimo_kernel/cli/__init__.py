@@ -1,7 +1,7 @@
 """The ``aimo-kernel`` command line: a table of commands, each registering its own parser.
 
 ``solve``, ``dry-run``, ``eval`` and ``config`` (:mod:`aimo_kernel.cli.commands`), and the home tools
-``bundle``, ``profile``, ``calibrate``, ``quantize`` and ``verify`` (:mod:`aimo_kernel.tools`). Every
+``bundle``, ``profile``, ``calibrate``, ``preflight``, ``quantize`` and ``verify`` (:mod:`aimo_kernel.tools`). Every
 expected failure (:class:`~aimo_kernel.errors.AimoError`: a bad config, a bad CSV, a missing model, a broken
 API contract) becomes one line on stderr and a non-zero exit code, never a traceback.
 """
@@ -16,12 +16,12 @@ from aimo_kernel import __version__
 from aimo_kernel.cli import commands
 from aimo_kernel.config import ConfigError
 from aimo_kernel.errors import AimoError
-from aimo_kernel.tools import bundle, calibrate, profile, quantize
+from aimo_kernel.tools import bundle, calibrate, preflight, profile, quantize
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 # Each module's ``add_parser(subparsers)`` registers its commands, setting ``func`` on each.
-COMMAND_MODULES = (commands, bundle, profile, calibrate, quantize)
+COMMAND_MODULES = (commands, bundle, profile, calibrate, preflight, quantize)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,9 +10,13 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aimo_kernel.cli.output import engine_output
 from aimo_kernel.config.options import add_config_args, config_from_args
+
+if TYPE_CHECKING:
+    from aimo_kernel.config import Config
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,7 +43,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev = sub.add_parser("eval", help="score SC-TIR on problems with gold answers: pass@1, maj@N, pass@N")
-    ev.add_argument("--problems", type=Path, required=True, help="CSV with id,problem,answer (every row answered)")
+    ev.add_argument("--problems", type=Path, help="CSV with id,problem,answer (every row answered); required "
+                                                  "unless --rescore")
+    ev.add_argument("--rescore", type=Path, metavar="TRACE",
+                    help="no run: every selection rule recomputed from an eval's trace.jsonl")
     ev.add_argument("--out", type=Path, default=Path("out/eval"), help="where eval.csv and trace.jsonl go")
     ev.add_argument("--candidates", type=int, metavar="N", help="candidates per problem (default: tir.num_candidates)")
     ev.add_argument("--per-problem-seconds", type=float, metavar="S",
@@ -47,7 +54,10 @@ def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     ev.add_argument("--time-limit", type=float, metavar="S",
                     help="overall limit, checked before each problem starts (default: budget.total_seconds)")
     ev.add_argument("--concurrency", type=int, default=1, metavar="K",
-                    help="problems solved at once on a streaming engine (default: 1)")
+                    help="problems solved at once on a streaming engine; with --endpoint, per server (default: 1)")
+    ev.add_argument("--endpoint", action="append", default=[], metavar="URL",
+                    help="an OpenAI-compatible server (vllm serve, SGLang, a router) to spread the problems over; "
+                         "repeatable; sets engine.backend=openai")
     ev.add_argument("--quiet", action="store_true", help="print only the overall row")
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_config_args(ev)
@@ -91,12 +101,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from aimo_kernel.tools.evaluate import EvalOptions, format_report, run_eval
 
     config = config_from_args(args)
+    if args.rescore is not None:
+        return _rescore(args.rescore, config)
+    if args.problems is None:
+        from aimo_kernel.config import ConfigError
+
+        raise ConfigError("eval: --problems is required (or --rescore TRACE)")
     options = EvalOptions(candidates=args.candidates, per_problem_seconds=args.per_problem_seconds,
-                          time_limit_s=args.time_limit, concurrency=args.concurrency)
+                          time_limit_s=args.time_limit, concurrency=args.concurrency,
+                          endpoints=tuple(args.endpoint))
     with engine_output(args.verbose, args.out / "engine.log") as terminal:
         report = run_eval(config, args.problems, options, out_dir=args.out, show_progress=not args.no_progress,
                           progress_file=terminal)
     print(format_report(report, quiet=args.quiet))
+    return 0
+
+
+def _rescore(trace: Path, config: Config) -> int:
+    from aimo_kernel.tools.evaluate import format_selection, rescore_trace
+
+    scores, summary = rescore_trace(trace, config.vote)
+    n = max((s.candidates for s in scores), default=0)
+    print(f"{trace}: {summary.run} problems")
+    print("\n".join(format_selection(summary, n)))
     return 0
 
 

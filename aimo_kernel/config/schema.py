@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from aimo_kernel.engine.registry import engine_kinds
 from aimo_kernel.errors import AimoError
@@ -75,6 +75,8 @@ class SamplingConfig:
 
 
 NO_CODE_POLICIES = ("restart", "prune", "keep")
+# How a model writes code and reads its output (aimo_kernel.solve.dialect.DIALECTS has one of each)
+DIALECT_NAMES = ("numina", "harmony", "chat-tools")
 
 
 def candidates_in_all(max_candidates: int, num_candidates: int) -> int:
@@ -100,9 +102,13 @@ class TIRConfig:
     no_code_policy: str = "restart"
     max_restarts: int = 1
     output_max_chars: int = 200
+    # numina: ```python / ```output blocks; harmony: gpt-oss's python tool; chat-tools: <tool_call> in the
+    # model's chat template. harmony and chat-tools run a candidate's calls in one persistent session.
+    dialect: str = "numina"
 
     def __post_init__(self) -> None:
         _check_int(self, "num_candidates", 1, 4096)
+        _check_choice(self, "dialect", DIALECT_NAMES)
         _check_int(self, "max_rounds", 1, 64)
         _check_choice(self, "mode", ("sync", "async"))
         _check_int(self, "max_candidates", 0, 100_000)
@@ -198,6 +204,10 @@ class BudgetConfig:
 
 
 TIE_BREAKS = ("largest", "smallest", "first")
+VoteMode = Literal["majority", "weighted"]
+VOTE_MODES: tuple[str, ...] = get_args(VoteMode)
+ConfidenceSignalName = Literal["mean_entropy", "tail_entropy", "mean_logprob"]
+CONFIDENCE_SIGNALS: tuple[str, ...] = get_args(ConfidenceSignalName)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,8 +230,21 @@ class VoteConfig:
     # stop_when_decided stops once the leader cannot be overtaken by the candidates still running.
     agreement_rules: tuple[str, ...] = ()
     stop_when_decided: bool = True
+    # Selection: "majority" counts every answer once; "weighted" weighs it by its candidate's confidence
+    # (aimo_kernel.core.confidence): max(uncertainty, confidence_floor) ** -confidence_power, where the
+    # uncertainty is the ``confidence`` signal, times code_bonus when the candidate's own code printed the
+    # answer. confidence_top_k > 0 asks the engine for that many log-probabilities per token (0: none, and
+    # no confidence is recorded); confidence_tail_tokens is the window before the answer.
+    mode: VoteMode = "majority"
+    confidence: ConfidenceSignalName = "mean_logprob"  # measured best of the three on the tiny model
+    confidence_top_k: int = 0
+    confidence_tail_tokens: int = 256
+    confidence_power: float = 1.0
+    confidence_floor: float = 0.01
+    code_bonus: float = 1.0
 
     def __post_init__(self) -> None:
+        self._check_selection()
         _check_int(self, "modulus", 0, 10**18)
         if self.modulus == 1:
             raise ConfigError("VoteConfig.modulus must be 0 (none) or in [2, 1e+18], got 1")
@@ -235,6 +258,18 @@ class VoteConfig:
         for rule in self.agreement_rules:
             parse_agreement_rule(rule)
         _check_bool(self, "stop_when_decided")
+
+
+    def _check_selection(self) -> None:
+        _check_choice(self, "mode", VOTE_MODES)
+        _check_choice(self, "confidence", CONFIDENCE_SIGNALS)
+        _check_int(self, "confidence_top_k", 0, 100)
+        if self.mode == "weighted" and self.confidence_top_k == 0:
+            raise ConfigError("VoteConfig.confidence_top_k must be in [1, 100] with mode 'weighted', got 0")
+        _check_int(self, "confidence_tail_tokens", 1, 1_000_000)
+        _check_range(self, "confidence_power", 0.0, 16.0)
+        _check_range(self, "confidence_floor", 1e-6, 100.0)
+        _check_range(self, "code_bonus", 0.0, 1000.0)
 
 
 def parse_agreement_rule(rule: object) -> tuple[int, int]:

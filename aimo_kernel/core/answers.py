@@ -481,6 +481,18 @@ def extract_answer(completion: str, rule: AnswerRule) -> int | None:
     return None if boxed is None else normalize(boxed, rule)
 
 
+_PRINTED_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def last_number(output: str, rule: AnswerRule) -> int | None:
+    """The last number a code block printed, normalised like an answer (None: none, or not an answer).
+
+    A candidate whose boxed answer is this number had its own code compute it ("code-verified").
+    """
+    numbers = _PRINTED_NUMBER.findall(output[-2000:])
+    return normalize(numbers[-1], rule) if numbers else None
+
+
 # ---------------------------------------------------------------------------------------------------
 # Voting
 

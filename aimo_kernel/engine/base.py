@@ -48,6 +48,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     # None: no log-probabilities; k >= 0: each generated token's, and the k most likely alternatives'
     logprobs: int | None = None
+    # False keeps special tokens in the text: a dialect whose structure is special tokens (gpt-oss's
+    # <|channel|>, <|call|>) must see them, or it never finds a tool call
+    skip_special_tokens: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -96,8 +96,9 @@ class _Detokenizer:
     A tokenizer without a ``tokenizers`` backend falls back to decoding all output tokens each step.
     """
 
-    def __init__(self, tokenizer: Any, prompt_ids: list[int]) -> None:
+    def __init__(self, tokenizer: Any, prompt_ids: list[int], *, skip_special: bool = True) -> None:
         self._tokenizer = tokenizer
+        self._skip = skip_special
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
         self._out: list[int] = []
         self._text = ""
@@ -105,12 +106,12 @@ class _Detokenizer:
         if self._backend is not None:
             from tokenizers.decoders import DecodeStream
 
-            self._stream = DecodeStream(ids=prompt_ids, skip_special_tokens=True)
+            self._stream = DecodeStream(ids=prompt_ids, skip_special_tokens=skip_special)
 
     def step(self, token: int) -> str:
         if self._stream is None:
             self._out.append(token)
-            text = str(self._tokenizer.decode(self._out, skip_special_tokens=True))
+            text = str(self._tokenizer.decode(self._out, skip_special_tokens=self._skip))
             piece, self._text = text[len(self._text):], text
             return piece
         try:
@@ -120,7 +121,7 @@ class _Detokenizer:
                 raise
             from tokenizers.decoders import DecodeStream
 
-            self._stream = DecodeStream(skip_special_tokens=True)
+            self._stream = DecodeStream(skip_special_tokens=self._skip)
             return str(self._stream.step(self._backend, token) or "")
 
 
@@ -135,6 +136,8 @@ class _Row:
     text: str = ""
     num_tokens: int = 0
     finish: str | None = None
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    top_logprobs: list[tuple[float, ...]] = dataclasses.field(default_factory=list)
 
     def add(self, token: int, stops: Sequence[str], eos_ids: frozenset[int]) -> None:
         """Append one sampled token and decide whether the request is finished (vLLM's order)."""
@@ -152,7 +155,21 @@ class _Row:
 
     def generation(self) -> Generation:
         return Generation(text=self.text, num_tokens=self.num_tokens, prompt_tokens=len(self.prompt_ids),
-                          finish_reason=self.finish or "deadline")
+                          finish_reason=self.finish or "deadline", logprobs=tuple(self.logprobs),
+                          top_logprobs=tuple(self.top_logprobs))
+
+
+def _add_logprobs(rows: list[_Row], logits: Any, tokens: Any, k: int) -> None:
+    """Each row's sampled-token log-probability and its step's top-k values, from the raw logits
+    (before temperature and top-p, as vLLM's default ``raw_logprobs``)."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    own = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).tolist()
+    top = logp.topk(min(max(k, 1), logp.shape[-1]), dim=-1).values.tolist()
+    for row, lp, values in zip(rows, own, top):
+        row.logprobs.append(float(lp))
+        row.top_logprobs.append(tuple(float(v) for v in values))
 
 
 class TransformersEngine:
@@ -217,7 +234,7 @@ class TransformersEngine:
                         len(ids), req.max_tokens, self.max_model_len)
             return _Row(ids, 0, None, None, finish="error")
         return _Row(ids, min(req.max_tokens, room), self._generator(req.seed, params),
-                    _Detokenizer(self._tokenizer, ids))
+                    _Detokenizer(self._tokenizer, ids, skip_special=params.skip_special_tokens))
 
     def _generator(self, seed: int | None, params: SamplingParams) -> Any:
         if params.temperature < _GREEDY_EPS:
@@ -244,6 +261,8 @@ class TransformersEngine:
                 logits = self._model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                      past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
                 tokens = self._sample(logits, rows, params)
+                if params.logprobs is not None:
+                    _add_logprobs(rows, logits, tokens, params.logprobs)
                 for row, token in zip(rows, tokens.tolist()):
                     row.add(token, params.stop, self._eos_ids)
                 keep = [i for i, row in enumerate(rows) if row.finish is None]

@@ -111,6 +111,9 @@ def request_body(model: str, request: GenerationRequest, params: SamplingParams,
         body["stop"] = list(params.stop)
     if stream_interval > 1:  # a vLLM that knows it sends this many tokens per chunk; others ignore it
         body["stream_interval"] = stream_interval
+    if not params.skip_special_tokens:  # vLLM extensions: the dialect reads the special tokens themselves
+        body["skip_special_tokens"] = False
+        body["spaces_between_special_tokens"] = False
     if params.logprobs is not None:
         body["logprobs"] = params.logprobs
         body["return_tokens_as_token_ids"] = True  # distinct keys in top_logprobs, whatever the text

@@ -111,6 +111,22 @@ def finish_reason(completion: Any) -> str:
     return _FINISH.get(str(completion.finish_reason), "error")
 
 
+def token_logprobs(completion: Any) -> tuple[tuple[float, ...], tuple[tuple[float, ...], ...]]:
+    """A (delta) completion's log-probabilities: each sampled token's, and each step's values most
+    likely first (vLLM returns the top k plus the sampled token when it is not among them)."""
+    steps = completion.logprobs
+    if not steps:
+        return (), ()
+    own: list[float] = []
+    top: list[tuple[float, ...]] = []
+    for token, step in zip(completion.token_ids, steps):
+        if step is None:
+            continue
+        own.append(float(step[token].logprob) if token in step else float("nan"))
+        top.append(tuple(sorted((float(v.logprob) for v in step.values()), reverse=True)))
+    return tuple(own), tuple(top)
+
+
 def render_chat(tokenizer: Any, problem: str) -> str:
     """The model's chat template around one user message (Numina's template if it has none)."""
     messages = [{"role": "user", "content": problem}]
@@ -181,6 +197,9 @@ class VLLMEngine:
             stop=list(params.stop),
             include_stop_str_in_output=True,
             output_kind=RequestOutputKind.DELTA,
+            logprobs=params.logprobs,
+            skip_special_tokens=params.skip_special_tokens,
+            spaces_between_special_tokens=params.skip_special_tokens,
         )
 
     def generate(
@@ -234,6 +253,8 @@ class _State:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     finish: str | None = None
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    top_logprobs: list[tuple[float, ...]] = dataclasses.field(default_factory=list)
 
     def add(self, out: Any) -> None:
         if out.prompt_token_ids is not None:
@@ -242,6 +263,9 @@ class _State:
         completion = out.outputs[0]
         self.pieces.append(completion.text)
         self.num_tokens += len(completion.token_ids)
+        own, top = token_logprobs(completion)
+        self.logprobs.extend(own)
+        self.top_logprobs.extend(top)
         if out.finished:
             self.finish = finish_reason(completion)
 
@@ -252,6 +276,8 @@ class _State:
             prompt_tokens=self.prompt_tokens,
             finish_reason=self.finish or "deadline",
             cached_tokens=self.cached_tokens,
+            logprobs=tuple(self.logprobs),
+            top_logprobs=tuple(self.top_logprobs),
         )
 
 

@@ -28,13 +28,13 @@ from typing import Any
 from aimo_kernel.config import Config, apply_overrides
 from aimo_kernel.config.presets import (
     AUTO,
-    GPU_BACKENDS,
     Gpu,
     choose_preset,
     describe_gpus,
     for_competition,
     get_preset,
     hardware_misfit,
+    uses_local_gpus,
 )
 from aimo_kernel.config.schema import COMPETITION_ANSWERS
 from aimo_kernel.errors import AimoError
@@ -258,7 +258,7 @@ def resolve_config(preset: str | None, competition: str, gpus: Sequence[Gpu] | N
     else:
         base = get_preset(preset)
     cfg = apply_overrides(for_competition(base, competition), overrides)
-    misfit = hardware_misfit(cfg.preset, gpus) if cfg.engine.backend in GPU_BACKENDS else ""
+    misfit = hardware_misfit(cfg.preset, gpus) if uses_local_gpus(cfg.engine) else ""
     if misfit and config is None:
         name, why = choose_preset(competition, gpus)
         lines.append(f"!!! aimo_kernel: preset {cfg.preset} does not fit this machine ({misfit}); using {name} "

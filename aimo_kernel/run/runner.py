@@ -149,6 +149,7 @@ class Runner:
     trace_path: Path | None = None
     records: list[ProblemRecord] = field(default_factory=list)
     load_seconds: float = 0.0
+    startup: dict[str, float] = field(default_factory=dict)  # where the last start-up went (engine's own split)
     restarts: int = 0
     started: float = field(default_factory=process_start)
     close_engine: bool = True
@@ -174,7 +175,10 @@ class Runner:
                 engine = self._make_engine(limit)
             finally:
                 self.load_seconds += time.monotonic() - t0
-            self._solver = Solver(engine, make_sandbox(self.config.sandbox), self.config)
+            t1 = time.monotonic()
+            sandbox = make_sandbox(self.config.sandbox)
+            self.startup = {**getattr(engine, "startup", {}), "sandbox pool": time.monotonic() - t1}
+            self._solver = Solver(engine, sandbox, self.config)
         return self._solver
 
     def _make_engine(self, timeout: float) -> Engine | AsyncEngine:
@@ -323,6 +327,12 @@ class Runner:
         """The model load on its own line, why loading was given up (if it was), and the fallback count."""
         restarts = f", {self.restarts} engine restart(s)" if self.restarts else ""
         lines = [f"model load {self.load_seconds:.1f} s{restarts}"]
+        if self.startup:
+            parts = dict(self.startup)
+            pool = getattr(self._solver.sandbox, "startup_seconds", None) if self._solver else None
+            if pool is not None:  # the pool's templates import in the background: ready this long after creation
+                parts["sandbox pool"] = pool
+            lines.append("start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
         if self.gave_up:
             lines.append(f"!!! {self.gave_up} !!!")
         return lines + fallback_lines(self.records, self.config.vote.fallback_answer)

@@ -10,17 +10,19 @@ record only: what goes into it is decided by the solver (:mod:`aimo_kernel.solve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aimo_kernel.core.confidence import Confidence
 from aimo_kernel.solve.candidate import RoundRecord
 from aimo_kernel.solve.result import SolveResult
 from aimo_kernel.vocab import CandidateReason, CandidateStatus, CodeFlag, FinishReason, StopReason
 
-TRACE_VERSION = 2
+TRACE_VERSION = 3  # 3: each candidate's confidence and code_verified (read as unknown/False from 1 and 2)
 T = TypeVar("T")
 
 
@@ -33,10 +35,13 @@ class CandidateTrace:
     restarts: int
     rounds: tuple[RoundRecord, ...]
     error: str = ""
+    confidence: Confidence = Confidence()  # tokens 0: not recorded (no log-probabilities, or an older record)
+    code_verified: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "answer": self.answer, "status": self.status.value, "reason": str(self.reason),
-                "restarts": self.restarts, "error": self.error, "rounds": [_round_json(r) for r in self.rounds]}
+                "restarts": self.restarts, "error": self.error, "rounds": [_round_json(r) for r in self.rounds],
+                "confidence": dataclasses.asdict(self.confidence), "code_verified": self.code_verified}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], *, version: int, position: int = 0) -> CandidateTrace:
@@ -46,7 +51,9 @@ class CandidateTrace:
                    status=CandidateStatus(f.get("status", str, CandidateStatus.DONE.value)),
                    reason=CandidateReason(reason) if reason else "", restarts=f.get("restarts", int, 0),
                    error=f.get("error", str, ""),
-                   rounds=tuple(_round_from_json(r, strict=version >= TRACE_VERSION) for r in f.items("rounds")))
+                   rounds=tuple(_round_from_json(r, strict=version >= TRACE_VERSION) for r in f.items("rounds")),
+                   confidence=_confidence_from_json(f.mapping("confidence"), strict=version >= TRACE_VERSION),
+                   code_verified=f.get("code_verified", _bool, False))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,7 +82,8 @@ class ProblemTrace:
                     given_s: float = 0.0, speed_level: int | None = None, problem_index: int | None = None,
                     fallback: str = "") -> ProblemTrace:
         cands = tuple(CandidateTrace(index=c.index, answer=c.answer, status=c.status, reason=c.reason,
-                                     restarts=c.restarts, rounds=c.log, error=c.error) for c in result.candidates)
+                                     restarts=c.restarts, rounds=c.log, error=c.error, confidence=c.confidence,
+                                     code_verified=c.code_verified) for c in result.candidates)
         return cls(id=problem_id, answer=result.answer, gold=gold, stop_reason=result.stop_reason,
                    agreement_rule=result.agreement_rule, error=result.error, budget_given_s=given_s,
                    budget_used_s=used_s, speed_level=speed_level, problem_index=problem_index,
@@ -168,6 +176,21 @@ class _Fields:
         if not isinstance(value, dict):
             raise ValueError(f"{self.what} field {key!r} must be an object, got {type(value).__name__}")
         return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _confidence_from_json(d: Mapping[str, Any], *, strict: bool) -> Confidence:
+    if not d and not strict:
+        return Confidence()
+    f = _Fields(d, "confidence", strict=strict)
+    return Confidence(tokens=f.get("tokens", int, 0), mean_entropy=f.get("mean_entropy", float, 0.0),
+                      tail_entropy=f.get("tail_entropy", float, 0.0), tail_tokens=f.get("tail_tokens", int, 0),
+                      mean_logprob=f.get("mean_logprob", float, 0.0))
 
 
 def _round_json(r: RoundRecord) -> dict[str, Any]:

@@ -65,6 +65,7 @@ from typing import Any, cast  # noqa: E402
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = (
     0x00020000, 0x08000000, 0x20000000, 0x40000000, 0x10000000)
 MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV = 0x4000, 0x40000, 0x2, 0x4
+MS_BIND, MS_REMOUNT, MS_RDONLY = 0x1000, 0x20, 0x1
 SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 CODE_NAME = "<code>"
 KILL_WAIT_S = 0.4  # how long the template waits for a killed namespace to empty before it replies
@@ -646,11 +647,40 @@ def private_mounts(tmp_bytes: int, proc: bool, readonly: bool) -> None:
         raise OSError(ctypes.get_errno(), "make the file system read-only")
     opts = f"size={tmp_bytes},mode=1777,nr_inodes=65536".encode()
     for d in SHARED_DIRS:
-        if os.path.isdir(d) and not os.path.islink(d) and (
-                c.mount(b"tmpfs", d.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts) != 0):
+        if not os.path.isdir(d) or os.path.islink(d):
+            continue
+        kept = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in interpreter_dirs_under(d)]
+        if c.mount(b"tmpfs", d.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts) != 0:
             raise OSError(ctypes.get_errno(), "mount tmpfs on " + d)
+        for path, fd in kept:
+            bind_back(path, fd)
     if proc and c.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV, None) != 0:
         raise OSError(ctypes.get_errno(), "mount /proc")
+
+
+def interpreter_dirs_under(shared: str) -> list[str]:
+    """The interpreter's own folders (its prefix, its ``sys.path``) that lie under ``shared``, outermost only.
+
+    A virtual environment or checkout in ``/tmp`` would otherwise vanish under the block's private tmpfs,
+    and a block's ``import sympy`` fail as if the package were not installed.
+    """
+    root = shared.rstrip("/") + "/"
+    found = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable), *sys.path)
+             if p and os.path.isdir(p)}
+    inside = sorted(p for p in found if p.startswith(root))
+    return [p for i, p in enumerate(inside) if not any(p.startswith(q + "/") for q in inside[:i])]
+
+
+def bind_back(path: str, fd: int) -> None:
+    """Bind ``path`` (held open as ``fd`` from before the tmpfs hid it) back in, read-only."""
+    c = libc()
+    try:
+        os.makedirs(path, exist_ok=True)
+        if c.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None) != 0:
+            raise OSError(ctypes.get_errno(), "bind " + path)
+        c.mount(None, path.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)  # best effort: ro already
+    finally:
+        os.close(fd)
 
 
 def init_setup(req: dict[str, Any], features: dict[str, Any]) -> None:
@@ -1026,7 +1056,9 @@ class Template:
             spare["work"] = tempfile.mkdtemp(prefix="block-", dir=str(self.boot.get("home") or None))
         if self.features.get("cgroup"):
             base = tuple(self.features["cgroup"])
-            spare["cgroup"] = cgroup_create(base, f"aimo-{os.getpid()}-{self.seq}", key[0])
+            name = f"aimo-{os.getpid()}-{self.seq}"
+            # a second try under another name: a folder of the same name may still be on its way out
+            spare["cgroup"] = cgroup_create(base, name, key[0]) or cgroup_create(base, name + "-b", key[0])
             if spare["cgroup"] is None:
                 raise OSError("could not create the block's memory cgroup")
         elif self.features.get("pid") and self.features.get("mount"):

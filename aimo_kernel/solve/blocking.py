@@ -104,7 +104,8 @@ class BlockingEngineAdapter:
                 job.future.cancel()
         gen = job.future.result()
         yield Delta(text=gen.text, num_tokens=gen.num_tokens, finish_reason=gen.finish_reason,
-                    prompt_tokens=gen.prompt_tokens, cached_tokens=gen.cached_tokens)
+                    prompt_tokens=gen.prompt_tokens, cached_tokens=gen.cached_tokens,
+                    logprobs=gen.logprobs, top_logprobs=gen.top_logprobs)
 
     async def abort(self, request_id: str) -> None:
         """A queued request is dropped; a running ``generate()`` cannot be interrupted (the deadline bounds it)."""

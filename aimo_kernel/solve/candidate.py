@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from aimo_kernel.config import TIRConfig
-from aimo_kernel.core.answers import AnswerRule
+from aimo_kernel.core.answers import AnswerRule, last_number
+from aimo_kernel.core.confidence import Confidence, ConfidenceMeter
 from aimo_kernel.engine.base import Generation, GenerationRequest, PromptFormat
 from aimo_kernel.sandbox import ExecutionResult
 from aimo_kernel.solve.dialect import Dialect
 from aimo_kernel.vocab import CandidateReason, CandidateStatus, CodeFlag, FinishReason
 
 MIN_NEW_TOKENS = 8  # a candidate with less room than this left in the context is finished
+OUTPUT_KEPT_CHARS = 400  # of its last code output, what a candidate keeps to check its answer against
 
 
 class CodeSession(Protocol):
@@ -76,6 +78,8 @@ class CandidateResult:
     text: str
     log: tuple[RoundRecord, ...] = ()
     error: str = ""  # the engine's failure, for reason "error"
+    confidence: Confidence = Confidence()  # from its tokens' log-probabilities, when the engine gave them
+    code_verified: bool = False  # its answer is the last number its last successful code block printed
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", CandidateStatus(self.status))
@@ -97,6 +101,8 @@ class Candidate:
     error: str = ""
     log: list[RoundRecord] = field(default_factory=list)
     session: CodeSession | None = None  # its own interpreter (persistent sessions); None: the shared sandbox
+    meter: ConfidenceMeter = field(default_factory=ConfidenceMeter)  # fed by the core with each piece's logprobs
+    last_output: str = ""  # what its last successful code block printed (the end of it)
 
     @property
     def active(self) -> bool:
@@ -112,7 +118,8 @@ class Candidate:
 
     def restart(self) -> None:
         """Throw the trace away: the next round starts again from the bare prompt, with a new seed."""
-        self.text, self.restarts = "", self.restarts + 1
+        self.text, self.restarts, self.last_output = "", self.restarts + 1, ""
+        self.meter.reset()
 
     def fail(self, error: str) -> None:
         """The engine failed this candidate's request: it ends, the problem goes on."""
@@ -162,6 +169,10 @@ class Candidate:
             if code is None:  # it wrote an output block for code it never wrote
                 self.prune(CandidateReason.INVENTED_OUTPUT)
             return code
+        call = dialect.eos_call(gen.text) if gen.finish_reason == FinishReason.EOS else None
+        if call is not None:  # a tool call whose end token is an EOS of the model (gpt-oss's <|call|>)
+            self.text += call[0]
+            return call[1]
         wrote_code = self.code_blocks > 0 or dialect.wrote_code(self.text)
         if gen.finish_reason in (FinishReason.EOS, FinishReason.LENGTH) and not wrote_code:
             self._no_code(CandidateReason(gen.finish_reason), tir, last_round)
@@ -182,6 +193,8 @@ class Candidate:
         self.log[-1] = dataclasses.replace(self.log[-1], code_seconds=res.seconds, code_flags=code_flags(res))
         self.text += dialect.feedback(res, max_chars)
         self.code_blocks += 1
+        if res.ok:
+            self.last_output = (res.stdout_tail or res.stdout)[-OUTPUT_KEPT_CHARS:]
 
     # -- the end -------------------------------------------------------------------------------
 
@@ -190,7 +203,10 @@ class Candidate:
 
     def result(self, dialect: Dialect, rule: AnswerRule) -> CandidateResult:
         pruned = self.status is CandidateStatus.PRUNED
-        return CandidateResult(index=self.index, answer=self.answer(dialect, rule),
+        answer = self.answer(dialect, rule)
+        verified = answer is not None and last_number(self.last_output, rule) == answer
+        return CandidateResult(index=self.index, answer=answer, confidence=self.meter.summary(),
+                               code_verified=verified,
                                status=CandidateStatus.PRUNED if pruned else CandidateStatus.DONE,
                                reason=self.reason or CandidateReason.STOPPED, rounds=self.rounds,
                                restarts=self.restarts, code_blocks=self.code_blocks, tokens=self.tokens,

@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from aimo_kernel.config import Config
 from aimo_kernel.core.agreement import AgreementTracker
+from aimo_kernel.core.confidence import ConfidenceMeter
 from aimo_kernel.engine.base import AsyncEngine, Engine, Generation, GenerationRequest
 from aimo_kernel.sandbox import ExecutionResult
 from aimo_kernel.solve.blocking import BlockingEngineAdapter, streaming
@@ -82,10 +83,12 @@ SessionFactory = Callable[[], CodeSession]  # a fresh interpreter for one candid
 Stop = tuple[StopReason, str]  # why the problem stopped, and the agreement rule that stopped it ("" if none)
 
 
-def _session_factory(sandbox: CodeRunner, config: Config) -> SessionFactory | None:
-    """``sandbox.session = "persistent"``: every candidate gets its own interpreter from the sandbox."""
+def _session_factory(sandbox: CodeRunner, config: Config, dialect: Dialect) -> SessionFactory | None:
+    """``sandbox.session = "persistent"``, or a dialect whose model expects a kernel (harmony, chat-tools):
+    every candidate gets its own interpreter from the sandbox, with the sandbox's limits."""
     open_session = getattr(sandbox, "open_session", None)
-    if config.sandbox.session != "persistent" or open_session is None:
+    wanted = config.sandbox.session == "persistent" or getattr(dialect, "persistent", False)
+    if not wanted or open_session is None:
         return None
     factory: SessionFactory = open_session
     return factory
@@ -124,8 +127,8 @@ class Solver:
         self.engine: AsyncEngine = streaming(engine)
         self.sandbox = sandbox
         self.config = config
-        self.dialect = dialect or get_dialect()
-        self.sessions = sessions or _session_factory(sandbox, config)
+        self.dialect = dialect or get_dialect(config.tir.dialect)
+        self.sessions = sessions or _session_factory(sandbox, config, self.dialect)
         self.rule = answer_rule(config)
         self.params = sampling_params(config, self.dialect)
 
@@ -162,12 +165,17 @@ class Solver:
     # -- one candidate ---------------------------------------------------------------------------
 
     def _new_candidate(self, st: _Problem) -> Candidate:
-        cand = Candidate(len(st.candidates), session=self.sessions() if self.sessions else None)
+        cand = Candidate(len(st.candidates), session=self.sessions() if self.sessions else None,
+                         meter=ConfidenceMeter(tail_tokens=self.config.vote.confidence_tail_tokens))
         st.candidates.append(cand)
         return cand
 
-    async def _generate(self, st: _Problem, req: GenerationRequest, rid: str) -> tuple[Generation, str]:
-        """The generation, and "" or the engine's failure (then the generation holds what came before it)."""
+    async def _generate(self, st: _Problem, req: GenerationRequest, rid: str,
+                        meter: ConfidenceMeter | None = None) -> tuple[Generation, str]:
+        """The generation, and "" or the engine's failure (then the generation holds what came before it).
+
+        Log-probabilities go into ``meter`` (running sums) as they arrive; the generation keeps none,
+        so a long candidate costs no per-token lists."""
         pieces: list[str] = []
         tokens = prompt_tokens = cached = 0
         finish: str = FinishReason.DEADLINE
@@ -178,6 +186,8 @@ class Solver:
                 tokens += delta.num_tokens
                 prompt_tokens = delta.prompt_tokens or prompt_tokens
                 cached = delta.cached_tokens or cached
+                if meter is not None and delta.top_logprobs:
+                    meter.add(delta.logprobs, delta.top_logprobs)
                 st.last_progress = asyncio.get_running_loop().time()
                 if delta.finish_reason is not None:
                     finish = delta.finish_reason
@@ -205,7 +215,7 @@ class Solver:
             return None
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        gen, error = await self._generate(st, req, f"p{next(self._ids)}-c{cand.index}-r{rnd}")
+        gen, error = await self._generate(st, req, f"p{next(self._ids)}-c{cand.index}-r{rnd}", cand.meter)
         if error:
             cand.fail(error)
             return None

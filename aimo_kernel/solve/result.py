@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aimo_kernel.config import Config, TIRConfig
-from aimo_kernel.config.schema import candidates_in_all
+from aimo_kernel.config.schema import VoteConfig, candidates_in_all
 from aimo_kernel.core.answers import AnswerRule, VoteResult, majority_vote
+from aimo_kernel.core.confidence import vote_weights
 from aimo_kernel.engine.base import PromptFormat, SamplingParams
 from aimo_kernel.solve.candidate import MIN_NEW_TOKENS, Candidate, CandidateResult
 from aimo_kernel.solve.dialect import Dialect
@@ -74,7 +75,18 @@ def answer_rule(config: Config) -> AnswerRule:
 
 
 def sampling_params(config: Config, dialect: Dialect) -> SamplingParams:
-    return SamplingParams(temperature=config.sampling.temperature, top_p=config.sampling.top_p, stop=dialect.stop)
+    top_k = config.vote.confidence_top_k  # log-probabilities only when a confidence is recorded
+    return SamplingParams(temperature=config.sampling.temperature, top_p=config.sampling.top_p, stop=dialect.stop,
+                          logprobs=top_k or None, skip_special_tokens=not dialect.special_tokens)
+
+
+def candidate_weights(results: Sequence[CandidateResult], vote: VoteConfig) -> list[float] | None:
+    """The vote weights of ``vote.mode``: None (one vote each) for ``majority``."""
+    if vote.mode == "majority":
+        return None
+    return vote_weights([r.confidence for r in results], [r.code_verified for r in results],
+                        signal=vote.confidence, power=vote.confidence_power, floor=vote.confidence_floor,
+                        code_bonus=vote.code_bonus, answers=[r.answer for r in results])
 
 
 def seed_base(config: Config, problem: str) -> int:
@@ -113,7 +125,7 @@ def build_result(cands: Sequence[Candidate], config: Config, rule: AnswerRule, d
     """
     results = tuple(c.result(dialect, rule) for c in cands)
     vote = majority_vote([r.answer for r in results], fallback=config.vote.fallback_answer,
-                         tie_break=config.vote.tie_break)
+                         tie_break=config.vote.tie_break, weights=candidate_weights(results, config.vote))
     errors = [r.error for r in results if r.reason is CandidateReason.ERROR]
     if stop is StopReason.FINISHED and results and len(errors) == len(results):
         stop = StopReason.ERROR

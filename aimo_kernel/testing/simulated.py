@@ -34,8 +34,9 @@ class SimulatedEngine:
     name = "simulated"
 
     def __init__(self, model: ThroughputModel, responder: Callable[[GenerationRequest], str], *,
-                 max_model_len: int = 4096, steps_per_delta: int = 8) -> None:
+                 max_model_len: int = 4096, steps_per_delta: int = 8, coalesce_s: float = 0.0) -> None:
         self.model = model
+        self.coalesce_s = coalesce_s  # the real engine's admission window: a new request waits up to this long
         self.responder = responder
         self.max_model_len = max_model_len
         self.steps_per_delta = steps_per_delta
@@ -63,6 +64,8 @@ class SimulatedEngine:
         return text, finish
 
     async def stream(self, request: GenerationRequest, params: SamplingParams, request_id: str) -> AsyncIterator[Delta]:
+        if self.coalesce_s > 0:  # costs the waiting time only: prefill is not modelled
+            await asyncio.sleep(self.coalesce_s)
         text, finish = self._cut(self.responder(request), request, params)
         st = _Stream(text=text, finish=finish, context=self.count_tokens(request.prompt))
         self._active[request_id] = st

@@ -19,10 +19,12 @@ drawn from documented distributions instead of running a model:
   U(60, 240) s before the next problem.
 * Every problem may overrun its stop by U(0, overrun_allowance_s) (aborting, killing code).
 
-Model load is U(120, 300) s before the first problem. Not a model of answer accuracy.
+Model load is U(120, 300) s before the first problem. This half is not a model of answer accuracy.
 
 The second half runs the real scheduler on a simulated engine in virtual time
-(:func:`run_virtual`, :class:`TraceModel`, :class:`SimulatedSandbox`), for the scheduler benchmark.
+(:func:`run_virtual`, :class:`TraceModel`, :class:`SimulatedSandbox`), for the scheduler benchmark,
+and a correctness model for the score-per-hour benchmark (:func:`problem_mix`, :func:`mixed_responder`:
+each candidate right with its problem's chance, wrong answers scattered).
 """
 
 from __future__ import annotations
@@ -200,6 +202,50 @@ def tir_responder(model: TraceModel) -> Callable[[GenerationRequest], str]:
             answer = model.answer if rng.random() < model.agreement else rng.randrange(1000)
             return f"{filler}\nSo the answer is \\boxed{{{answer}}}."
         return f"{filler}\n```python\nprint({rng.randrange(10**6)})\n```\n```output\n"
+
+    return respond
+
+
+PROBLEM_KINDS = (("easy", 0.25, 0.6, 0.9), ("medium", 0.35, 0.15, 0.45), ("hard", 0.40, 0.0, 0.0))
+
+
+@dataclass(frozen=True)
+class MixedProblem:
+    """A simulated problem with its correctness model: each candidate is right with ``agreement``."""
+
+    text: str
+    answer: int
+    kind: str
+    agreement: float
+
+
+def problem_mix(count: int, seed: int = 0) -> list[MixedProblem]:
+    """``count`` problems in the shares of ``PROBLEM_KINDS`` (name, share, chance range), shuffled.
+
+    A candidate's final answer is the problem's answer with the problem's ``agreement`` chance, else
+    uniform in 0..999 (scattered: wrong answers rarely agree, so the majority of enough candidates
+    is right whenever ``agreement`` is well above 1/1000; hard problems, 0, are never right).
+    """
+    if count < 1:
+        raise ValueError(f"problem_mix needs count >= 1, got {count!r}")
+    rng = random.Random(seed)
+    kinds = [name for name, share, _, _ in PROBLEM_KINDS[:-1] for _ in range(round(share * count))]
+    kinds = (kinds + [PROBLEM_KINDS[-1][0]] * count)[:count]  # the shares exactly, the rest hard
+    rng.shuffle(kinds)
+    ranges = {k[0]: (k[2], k[3]) for k in PROBLEM_KINDS}
+    return [MixedProblem(text=f"simulated problem {i} ({kind})", answer=rng.randrange(1000), kind=kind,
+                         agreement=rng.uniform(*ranges[kind])) for i, kind in enumerate(kinds)]
+
+
+def mixed_responder(problems: list[MixedProblem]) -> Callable[[GenerationRequest], str]:
+    """:func:`tir_responder` with each problem's own correctness model (found by its text in the prompt)."""
+    responders = [(p.text, tir_responder(TraceModel(agreement=p.agreement, answer=p.answer))) for p in problems]
+
+    def respond(req: GenerationRequest) -> str:
+        for text, responder in responders:
+            if text in req.prompt:
+                return responder(req)
+        raise ValueError("a request for a problem outside the mix")
 
     return respond
 

@@ -713,6 +713,8 @@ def checklist(resolution: Resolution, out: Path) -> str:
         "- [ ] The notebook's install cell runs `pip install --no-index --find-links "
         "/kaggle/input/aimo-kernel-wheels \"aimo_kernel[vllm]\"`; run it once with the internet off and check "
         "`import vllm` and the printed versions.",
+        "- [ ] The wheels folder holds `o200k_base.tiktoken` (gpt-oss's Harmony vocabulary, 3.6 MB): the "
+        "notebook sets `TIKTOKEN_ENCODINGS_BASE` to that folder, or gpt-oss cannot start offline.",
         f"- [ ] After a version bump of the package, re-run the bundle: the wheel `{PACKAGE}-{__version__}-...whl` "
         "must match the code the notebook expects.",
         "",
@@ -767,7 +769,20 @@ def build(target: Target, out: Path, source: Path, upstream: str = UPSTREAM_INDE
     _write_text(wheelhouse / LOCK_FILE, "\n".join(resolution.lock_lines()) + "\n")
     if target.kaggle:
         write_kaggle_folders(resolution, out)
+        write_harmony_vocab(wheelhouse)
     return resolution
+
+
+def write_harmony_vocab(folder: Path) -> Path:
+    """gpt-oss's ``o200k_base.tiktoken`` next to the wheels: offline, vLLM's gpt-oss server and the harmony
+    dialect fail to load it (vllm-project/vllm#22525); the notebook points ``TIKTOKEN_ENCODINGS_BASE`` here
+    (openai/harmony#95), and the library checks the file's sha256. Rebuilt from the installed library."""
+    from aimo_kernel.solve.harmony import HarmonyUnavailable, export_vocab
+
+    try:
+        return export_vocab(folder)
+    except HarmonyUnavailable as exc:
+        raise BundleError(f"cannot write the gpt-oss vocabulary into {folder}: {exc}") from exc
 
 
 def verify(wheelhouse: Path, venv: Path) -> str:

@@ -92,10 +92,11 @@ class Calibration:
     fit: StepFit
     model: FittedThroughputModel
     sandbox: SandboxSpeed | None
+    startup_s: float = 0.0  # engine creation: load, compile or graph capture, warm-up
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": 1, "engine": self.engine, "model_name": self.model_name,
+            "version": 1, "engine": self.engine, "model_name": self.model_name, "startup_s": self.startup_s,
             "model": asdict(self.model), "fit": asdict(self.fit),
             "points": [dict(asdict(p), tokens_per_s=p.tokens_per_s) for p in self.points],
             "sandbox": None if self.sandbox is None else dict(asdict(self.sandbox),
@@ -216,7 +217,9 @@ def calibrate(config: Any, *, engine_kind: str, batches: Sequence[int], contexts
 
     from aimo_kernel.engine import get_engine
 
+    t0 = time.perf_counter()
     engine = get_engine(engine_kind, config)
+    startup = time.perf_counter() - t0
     points = []
     try:
         grid = [(b, c) for c in contexts for b in batches]
@@ -228,7 +231,7 @@ def calibrate(config: Any, *, engine_kind: str, batches: Sequence[int], contexts
     model = fitted_model(fit, name=f"calibrated-{engine_kind}", max_batch=config.engine.max_num_seqs)
     sandbox = measure_sandbox(config.sandbox, sandbox_blocks) if sandbox_blocks > 0 else None
     return Calibration(engine=engine_kind, model_name=config.engine.model, points=tuple(points), fit=fit,
-                       model=model, sandbox=sandbox)
+                       model=model, sandbox=sandbox, startup_s=startup)
 
 
 # -- command line ------------------------------------------------------------------------------------

@@ -15,6 +15,14 @@ Covers:
   per-problem cap for every problem, an overall time limit checked before each problem starts
   (problems not started are reported as not run), and optionally K problems at once on a streaming
   engine (:attr:`EvalOptions.concurrency`);
+* selection: besides maj@N, every rule of :func:`report_rules` (``weighted``: the config's confidence
+  weighting, whatever ``vote.mode`` is, and :data:`EXTRA_RULES`) picks an answer from the same
+  candidates, so one run gives every rule's accuracy and the share of the maj@N -> pass@N gap it
+  closes; :func:`rescore_trace` recomputes them offline from a ``trace.jsonl`` (``eval --rescore``);
+* many servers (:attr:`EvalOptions.endpoints`): the ``openai`` backend over every URL, ``concurrency``
+  problems per server; each request goes to the least busy server that is up (the backend's rule, finer
+  than giving each server whole problems), and a problem whose candidates a failing server ended is
+  solved again, whole, once;
 * the outputs: a plain-text table, ``eval.csv`` and ``trace.jsonl`` (the dry-run's trace format, so
   ``aimo-kernel profile`` reads it).
 
@@ -30,6 +38,7 @@ import csv
 import dataclasses
 import io
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from aimo_kernel.config import Config, ConfigError
+from aimo_kernel.config.schema import VoteConfig
 from aimo_kernel.core.answers import AnswerRule, majority_vote, normalize
+from aimo_kernel.core.confidence import Confidence, vote_weights
 from aimo_kernel.engine import AsyncEngine, Engine, engine_kinds, is_streaming
 from aimo_kernel.run.problems import Problem, ProblemSetError, read_problems
 from aimo_kernel.run.runner import (
@@ -48,14 +59,80 @@ from aimo_kernel.run.runner import (
     id_width,
     trace_record,
 )
+from aimo_kernel.run.trace import ProblemTrace, read_trace
 from aimo_kernel.solve.candidate import CandidateResult
 from aimo_kernel.solve.pipeline import Solver
 from aimo_kernel.solve.result import SolveResult, answer_rule, fallback_result
-from aimo_kernel.vocab import CandidateStatus, StopReason
+from aimo_kernel.vocab import CandidateReason, CandidateStatus, StopReason
 
 log = logging.getLogger(__name__)
 GRACE_S = 10.0  # past a problem's cap, how long to wait for the solver to wind down before giving up on it
 MAX_RESTARTS = 3  # an engine that keeps dying after this many rebuilds ends the run (the rest: not run)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Selection rules: the vote recomputed from the same candidates in several ways
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectionRule:
+    """One way to pick the answer from a problem's candidates.
+
+    ``power`` 0 and ``code_bonus`` 1 is the majority vote; ``power`` > 0 weighs each vote by
+    ``max(uncertainty, floor) ** -power`` (:func:`aimo_kernel.core.confidence.vote_weight`);
+    ``keep`` < 1 first keeps only that share of the voting candidates, the most confident ones
+    (DeepConf's filter), and then votes.
+    """
+
+    name: str
+    signal: str = "tail_entropy"
+    power: float = 0.0
+    floor: float = 0.01
+    code_bonus: float = 1.0
+    keep: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.name or not 0 < self.keep <= 1:
+            raise ConfigError(f"SelectionRule needs a name and keep in (0, 1], got {self.name!r}, {self.keep!r}")
+        Confidence().uncertainty(self.signal)  # an unknown signal is an error here, not at the first vote
+
+
+def weighted_rule(vote: VoteConfig) -> SelectionRule:
+    """``weighted``: the config's weighting (what ``vote.mode = "weighted"`` applies), whatever its mode."""
+    return SelectionRule(name="weighted", signal=vote.confidence, power=vote.confidence_power,
+                         floor=vote.confidence_floor, code_bonus=vote.code_bonus)
+
+
+def report_rules(vote: VoteConfig) -> tuple[SelectionRule, ...]:
+    return (weighted_rule(vote),) + EXTRA_RULES
+
+
+# The rules eval reports besides the config's own: one per confidence signal, the code bonus alone and with a
+# signal, a sharper weighting, and the top-half filter.
+EXTRA_RULES = (
+    SelectionRule(name="w_mean_entropy", signal="mean_entropy", power=1.0),
+    SelectionRule(name="w_tail_entropy", signal="tail_entropy", power=1.0),
+    SelectionRule(name="w_mean_logprob", signal="mean_logprob", power=1.0),
+    SelectionRule(name="w2_tail_entropy", signal="tail_entropy", power=2.0),
+    SelectionRule(name="code_x2", code_bonus=2.0),
+    SelectionRule(name="w_tail_code_x2", signal="tail_entropy", power=1.0, code_bonus=2.0),
+    SelectionRule(name="top50_tail", signal="tail_entropy", keep=0.5),
+    SelectionRule(name="top50_mean_logprob", signal="mean_logprob", keep=0.5),
+)
+
+
+def select(rule: SelectionRule, answers: Sequence[int | None], confidences: Sequence[Confidence],
+           verified: Sequence[bool], *, tie_break: str = "largest") -> int | None:
+    """The answer ``rule`` picks (None when nothing voted); candidates without a confidence make a
+    confidence rule fall back to one vote each (see :func:`aimo_kernel.core.confidence.vote_weights`)."""
+    idx = [i for i, a in enumerate(answers) if a is not None]
+    if rule.keep < 1 and idx and all(confidences[i].known for i in idx):
+        idx.sort(key=lambda i: confidences[i].uncertainty(rule.signal))
+        idx = sorted(idx[:max(1, math.ceil(rule.keep * len(idx)))])
+    weights = vote_weights([confidences[i] for i in idx], [verified[i] for i in idx], signal=rule.signal,
+                           power=rule.power, floor=rule.floor, code_bonus=rule.code_bonus)
+    vote = majority_vote([answers[i] for i in idx], fallback=0, tie_break=tie_break, weights=weights)
+    return None if vote.is_fallback else vote.answer
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -78,6 +155,11 @@ class ProblemScore:
     code_blocks: int = 0
     seconds: float = 0.0
     stop_reason: str = ""
+    picks: tuple[tuple[str, int | None], ...] = ()  # (selection rule, its answer), the rules eval reports
+
+    def right(self, rule: str) -> int | None:
+        """Whether ``rule``'s answer is the gold one (None: not run)."""
+        return int(dict(self.picks).get(rule) == self.gold) if self.ran else None
 
     @property
     def pass_at_1(self) -> float | None:
@@ -122,6 +204,17 @@ class EvalSummary:
     seconds_mean: float | None
     candidates: int = 0
     correct: int = 0
+    selection: tuple[tuple[str, float | None], ...] = ()  # (rule, accuracy) for every rule reported
+
+    def at_n(self, rule: str) -> float | None:
+        return dict(self.selection).get(rule)
+
+    def gap_closed(self, rule: str) -> float | None:
+        """The share of the maj@N -> pass@N gap that ``rule`` closes (None without a gap)."""
+        acc, maj, top = self.at_n(rule), self.maj_at_n, self.pass_at_n
+        if acc is None or maj is None or top is None or top <= maj:
+            return None
+        return (acc - maj) / (top - maj)
 
     @property
     def not_run(self) -> int:
@@ -138,13 +231,18 @@ def candidate_answer(cand: CandidateResult) -> int | None:
 
 
 def score_problem(problem_id: str, gold: int, candidates: Sequence[CandidateResult], *, num_candidates: int,
-                  tie_break: str = "largest", seconds: float = 0.0, stop_reason: str = "") -> ProblemScore:
+                  tie_break: str = "largest", seconds: float = 0.0, stop_reason: str = "",
+                  rules: Sequence[SelectionRule] = ()) -> ProblemScore:
     """Score one solved problem against its (already normalised) gold answer.
 
     The vote is recounted from the candidates with the run's tie-break, as the solver does; a
-    fallback answer (no candidate voted) is never right, so maj@N never exceeds pass@N.
+    fallback answer (no candidate voted) is never right, so maj@N never exceeds pass@N. Each of
+    ``rules`` picks its own answer from the same candidates.
     """
     answers = [candidate_answer(c) for c in candidates]
+    confidences = [c.confidence for c in candidates]
+    verified = [c.code_verified for c in candidates]
+    picks = tuple((r.name, select(r, answers, confidences, verified, tie_break=tie_break)) for r in rules)
     vote = majority_vote(answers, fallback=0, tie_break=tie_break)
     right = [c for c, a in zip(candidates, answers) if a is not None and a == gold]
     return ProblemScore(
@@ -152,7 +250,33 @@ def score_problem(problem_id: str, gold: int, candidates: Sequence[CandidateResu
         candidates=max(num_candidates, len(candidates)), correct=len(right),
         correct_second_round=sum(c.code_blocks >= 2 for c in right), sampled=len(candidates),
         code_blocks=sum(c.code_blocks for c in candidates), seconds=seconds, stop_reason=stop_reason,
+        picks=picks,
     )
+
+
+def score_trace(record: ProblemTrace, rules: Sequence[SelectionRule], *, tie_break: str = "largest") -> ProblemScore:
+    """One problem scored again from its trace record (written by ``eval``: its gold is normalised)."""
+    if record.gold is None:
+        raise ValueError(f"trace record {record.id!r} has no gold answer")
+    answers = [None if c.status is CandidateStatus.PRUNED else c.answer for c in record.candidates]
+    confidences = [c.confidence for c in record.candidates]
+    verified = [c.code_verified for c in record.candidates]
+    vote = majority_vote(answers, fallback=0, tie_break=tie_break)
+    return ProblemScore(
+        id=str(record.id), gold=record.gold, answer=None if vote.is_fallback else vote.answer,
+        candidates=len(record.candidates), correct=sum(a is not None and a == record.gold for a in answers),
+        sampled=len(record.candidates), code_blocks=record.code_blocks, seconds=record.budget_used_s,
+        stop_reason=record.stop_reason.value,
+        picks=tuple((r.name, select(r, answers, confidences, verified, tie_break=tie_break)) for r in rules))
+
+
+def rescore_trace(path: Path | str, vote: VoteConfig | None = None,
+                  rules: Sequence[SelectionRule] | None = None) -> tuple[list[ProblemScore], EvalSummary]:
+    """Every selection rule's maj@N-like accuracy recomputed offline from an eval's ``trace.jsonl``."""
+    vote = vote or VoteConfig()
+    chosen = report_rules(vote) if rules is None else tuple(rules)
+    scores = [score_trace(r, chosen, tie_break=vote.tie_break) for r in read_trace(path)]
+    return scores, summarize(scores)
 
 
 def not_run(problem_id: str, gold: int) -> ProblemScore:
@@ -176,6 +300,8 @@ def summarize(scores: Sequence[ProblemScore]) -> EvalSummary:
         code_blocks_mean=sum(s.code_blocks for s in ran) / sampled if sampled else None,
         seconds_mean=_mean([s.seconds for s in ran]),
         candidates=sum(s.candidates for s in ran), correct=correct,
+        selection=tuple((name, _mean([float(s.right(name) or 0) for s in ran]))
+                        for name in (dict(ran[0].picks) if ran else {})),
     )
 
 
@@ -233,9 +359,11 @@ class EvalOptions:
     candidates: int | None = None  # N
     per_problem_seconds: float | None = None
     time_limit_s: float | None = None  # None: the config's budget.total_seconds
-    concurrency: int = 1
+    concurrency: int = 1  # problems at once; with endpoints, per server
+    endpoints: tuple[str, ...] = ()  # OpenAI-compatible servers to spread the problems over (backend openai)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "endpoints", tuple(self.endpoints))
         for name in ("per_problem_seconds", "time_limit_s"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -256,7 +384,15 @@ def eval_config(config: Config, options: EvalOptions) -> Config:
     vote = dataclasses.replace(config.vote, agreement_rules=(), stop_when_decided=False)
     budget = dataclasses.replace(config.budget, per_problem_seconds=cap,
                                  min_problem_seconds=min(cap, config.budget.min_problem_seconds))
-    return dataclasses.replace(config, tir=tir, vote=vote, budget=budget)
+    engine = config.engine
+    if options.endpoints:  # EngineConfig validates the URLs (a bad one is a ConfigError naming it)
+        engine = dataclasses.replace(engine, backend="openai", server=options.endpoints)
+    return dataclasses.replace(config, tir=tir, vote=vote, budget=budget, engine=engine)
+
+
+def total_concurrency(options: EvalOptions) -> int:
+    """Problems in flight: ``concurrency`` per server with endpoints, else ``concurrency``."""
+    return options.concurrency * max(1, len(options.endpoints))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -305,6 +441,8 @@ class _Session:
     restarts: int = 0
     load_seconds: float = 0.0
     solve_seconds: float = 0.0  # wall time spent solving (load and restarts excluded)
+    max_retries: int = 0  # per problem, after a server failed its candidates (eval over endpoints: 1)
+    retries: dict[int, int] = field(default_factory=dict)
 
     @property
     def cap(self) -> float:
@@ -363,11 +501,26 @@ class _Session:
                 except TimeoutError:
                     result = fallback_result(self.config, StopReason.STALL,
                                              "the solver did not wind down at its deadline")
+                if self._retry(index, result):
+                    queue.append(index)  # next out: its candidates run again on the servers still up
+                    continue
                 self.record(index, result, loop.time() - t0)
                 broken = broken or engine_broken(solver, result)
 
         await asyncio.gather(*(worker() for _ in range(self.concurrency)))
         return list(reversed(queue))
+
+    def _retry(self, index: int, result: SolveResult) -> bool:
+        """With several servers, a problem whose candidates a failing server ended (reason ``error``) is
+        solved again, whole, once: the backend sends its requests to the servers still up, and the
+        trace holds one record per problem, as in a local run."""
+        failed = any(c.reason is CandidateReason.ERROR for c in result.candidates) or \
+            result.stop_reason is StopReason.ERROR
+        if not failed or self.retries.get(index, 0) >= self.max_retries or self.time_left() <= 0:
+            return False
+        self.retries[index] = self.retries.get(index, 0) + 1
+        log.warning("problem %s: %s; solving it again", self.problems[index].id, result.error or "a server failed")
+        return True
 
     def solve(self, solver: Solver, todo: list[int]) -> list[int]:
         t0 = time.monotonic()
@@ -426,8 +579,9 @@ def run_eval(config: Config, problems_path: Path | str, options: EvalOptions | N
         raise _needs_streaming(cfg)  # before a model loads for nothing
     trace = _prepare_out(out_dir)
     limit = cfg.budget.total_seconds if options.time_limit_s is None else options.time_limit_s
-    session = _Session(cfg, problems, golds, options.concurrency, deadline=t0 + limit,
-                       engine_factory=engine_factory, caller_loop=loop, trace_path=trace)
+    session = _Session(cfg, problems, golds, total_concurrency(options), deadline=t0 + limit,
+                       engine_factory=engine_factory, caller_loop=loop, trace_path=trace,
+                       max_retries=1 if options.endpoints else 0)
     with tqdm(total=len(problems), desc="eval", unit="pb", disable=not show_progress, file=progress_file) as bar:
         session.progress = bar
         try:
@@ -457,9 +611,10 @@ def _report(session: _Session, cfg: Config, options: EvalOptions, stopped: str, 
             continue
         result, used = session.results[index]
         scores.append(score_problem(problem.id, gold, result.candidates, num_candidates=cfg.tir.num_candidates,
-                                    tie_break=cfg.vote.tie_break, seconds=used, stop_reason=result.stop_reason))
+                                    tie_break=cfg.vote.tie_break, seconds=used, stop_reason=result.stop_reason,
+                                    rules=report_rules(cfg.vote)))
     report = EvalReport(scores=scores, summary=summarize(scores), num_candidates=cfg.tir.num_candidates,
-                        per_problem_seconds=cfg.budget.per_problem_seconds, concurrency=options.concurrency,
+                        per_problem_seconds=cfg.budget.per_problem_seconds, concurrency=total_concurrency(options),
                         load_seconds=session.load_seconds, solve_seconds=session.solve_seconds, seconds=seconds,
                         stopped=stopped, restarts=session.restarts)
     if out_dir is None:
@@ -474,7 +629,9 @@ def _report(session: _Session, cfg: Config, options: EvalOptions, stopped: str, 
 # Output
 
 CSV_COLUMNS = ("id", "status", "problems", "gold", "answer", "candidates", "correct", "pass_at_1", "maj_at_n",
-               "pass_at_n", "selection_gap", "second_round", "code_blocks_mean", "seconds", "stop_reason")
+               "weighted_at_n", "pass_at_n", "selection_gap", "second_round", "code_blocks_mean", "seconds",
+               "stop_reason") + tuple(f"{r.name}_at_n" for r in EXTRA_RULES)
+RULE_NAMES = ("weighted",) + tuple(r.name for r in EXTRA_RULES)
 
 
 def _cell(value: object) -> str:
@@ -494,14 +651,16 @@ def to_csv(report: EvalReport) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for s in report.scores:
+        rights = [s.right(name) if s.picks else None for name in RULE_NAMES]
         writer.writerow([_cell(v) for v in (
             s.id, "run" if s.ran else "not_run", int(s.ran), s.gold, s.answer, s.candidates if s.ran else None,
-            s.correct if s.ran else None, s.pass_at_1, s.maj_at_n, s.pass_at_n, s.gap, s.second_round,
-            s.code_blocks_mean, s.seconds if s.ran else None, s.stop_reason)])
+            s.correct if s.ran else None, s.pass_at_1, s.maj_at_n, rights[0], s.pass_at_n, s.gap, s.second_round,
+            s.code_blocks_mean, s.seconds if s.ran else None, s.stop_reason, *rights[1:])])
     o = report.summary
+    accs = [o.at_n(name) for name in RULE_NAMES]
     writer.writerow([_cell(v) for v in (
-        "overall", "overall", o.run, None, None, o.candidates, o.correct, o.pass_at_1, o.maj_at_n, o.pass_at_n,
-        o.gap, o.second_round, o.code_blocks_mean, o.seconds_mean, report.stopped)])
+        "overall", "overall", o.run, None, None, o.candidates, o.correct, o.pass_at_1, o.maj_at_n, accs[0],
+        o.pass_at_n, o.gap, o.second_round, o.code_blocks_mean, o.seconds_mean, report.stopped, *accs[1:])])
     return buf.getvalue()
 
 
@@ -510,22 +669,25 @@ def _num(value: float | None, width: int, digits: int = 3) -> str:
 
 
 def _header(n: int, w: int) -> str:
-    return (f"{'id':<{w}} {'gold':>6} {'answer':>6} {'pass@1':>6} {f'maj@{n}':>6} {f'pass@{n}':>7} {'gap':>6} "
-            f"{'2nd':>5} {'code':>5} {'seconds':>8}  stop")
+    return (f"{'id':<{w}} {'gold':>6} {'answer':>6} {'pass@1':>6} {f'maj@{n}':>6} {f'wtd@{n}':>6} {f'pass@{n}':>7} "
+            f"{'gap':>6} {'2nd':>5} {'code':>5} {'seconds':>8}  stop")
 
 
 def _row(s: ProblemScore, w: int) -> str:
     if not s.ran:
         return f"{s.id[:w]:<{w}} {s.gold:>6} {'':>6}  not run"
     answer = "-" if s.answer is None else str(s.answer)
-    return (f"{s.id[:w]:<{w}} {s.gold:>6} {answer:>6} {_num(s.pass_at_1, 6)} {s.maj_at_n:>6} {s.pass_at_n:>7} "
+    weighted = "-" if not s.picks else str(s.right("weighted"))
+    return (f"{s.id[:w]:<{w}} {s.gold:>6} {answer:>6} {_num(s.pass_at_1, 6)} {s.maj_at_n:>6} {weighted:>6} "
+            f"{s.pass_at_n:>7} "
             f"{s.gap:>6} {_num(s.second_round, 5, 2)} {_num(s.code_blocks_mean, 5, 2)} {s.seconds:>8.2f}  "
             f"{s.stop_reason}")
 
 
 def _overall(o: EvalSummary, w: int) -> str:
     label = f"overall ({o.run}/{o.problems})"
-    return (f"{label[:w]:<{w}} {'':>6} {'':>6} {_num(o.pass_at_1, 6)} {_num(o.maj_at_n, 6)} {_num(o.pass_at_n, 7)} "
+    return (f"{label[:w]:<{w}} {'':>6} {'':>6} {_num(o.pass_at_1, 6)} {_num(o.maj_at_n, 6)} "
+            f"{_num(o.at_n('weighted'), 6)} {_num(o.pass_at_n, 7)} "
             f"{_num(o.gap, 6)} {_num(o.second_round, 5, 2)} {_num(o.code_blocks_mean, 5, 2)} "
             f"{_num(o.seconds_mean, 8, 2)}")
 
@@ -550,6 +712,19 @@ def format_report(report: EvalReport, *, quiet: bool = False) -> str:
     if report.restarts:
         lines.append(f"engine restarts: {report.restarts}")
     lines += [f"warning: {w}" for w in report.skipped]
+    if o.selection:
+        lines += format_selection(o, report.num_candidates)
     if report.files:
         lines.append("wrote: " + ", ".join(str(p) for p in report.files))
     return "\n".join(lines)
+
+
+def format_selection(o: EvalSummary, n: int) -> list[str]:
+    """Every selection rule's accuracy from the same candidates, and the share of the maj -> pass gap it closes."""
+    lines = [f"selection from the same candidates: pass@1 {_num(o.pass_at_1, 0)}, maj@{n} {_num(o.maj_at_n, 0)}, "
+             f"pass@{n} {_num(o.pass_at_n, 0)}"]
+    for name, acc in o.selection:
+        closed = o.gap_closed(name)
+        share = "" if closed is None else f"  (gap closed {closed:+.0%})"
+        lines.append(f"  {name + f'@{n}':<24} {_num(acc, 6)}{share}")
+    return lines

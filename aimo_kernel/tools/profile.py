@@ -659,6 +659,23 @@ def profile(trace: Path, out_dir: Path, config: Config, opts: ProfileOptions) ->
 # -- command line ------------------------------------------------------------------------------------
 
 
+ASSUMED_LOAD_S = 300.0  # the top of the simulation's U(120, 300) s model load, until preflight measures it
+
+
+def load_seconds(given: float | None, hardware: str | None) -> float:
+    """``--load-seconds``, else the start-up ``aimo-kernel preflight`` measured (its calibration file), else assumed."""
+    if given is not None:
+        return given
+    if hardware and Path(hardware).is_file():
+        try:
+            measured = json.loads(Path(hardware).read_text(encoding="utf-8")).get("startup_s")
+        except (OSError, ValueError, AttributeError):
+            measured = None
+        if isinstance(measured, (int, float)) and measured > 0:
+            return float(measured)
+    return ASSUMED_LOAD_S
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("profile", help="report where a run's time went and project the full competition")
     p.add_argument("trace", type=Path, help="a run's trace.jsonl")
@@ -666,7 +683,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--hardware", help="t4x2, l4x4, h100 or a calibration file (default: the preset's, else t4x2)")
     p.add_argument("--trace-candidates", type=int,
                    help="N of the run that wrote the trace (default: the projected configuration's N)")
-    p.add_argument("--load-seconds", type=float, default=300.0, help="model load before the first problem")
+    p.add_argument("--load-seconds", type=float, default=None,
+                   help="model load before the first problem (default: a calibration file's measured start-up, "
+                        f"else {ASSUMED_LOAD_S:.0f} s)")
     p.add_argument("--mixes", type=int, default=200, help="resampled problem mixes for the spread")
     p.add_argument("--grid-mixes", type=int, default=40, help="mixes per N/M pair of the suggestion grid")
     p.add_argument("--no-grid", action="store_true", help="skip the N/M suggestion")
@@ -683,7 +702,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--mixes, --grid-mixes and --trace-candidates must be at least 1")
     opts = ProfileOptions(hardware=args.hardware or HARDWARE_FOR_PRESET.get(config.preset, "t4x2"),
                           trace_candidates=args.trace_candidates or config.tir.num_candidates,
-                          load_s=args.load_seconds, mixes=args.mixes, grid_mixes=args.grid_mixes, seed=args.seed,
+                          load_s=load_seconds(args.load_seconds, args.hardware), mixes=args.mixes,
+                          grid_mixes=args.grid_mixes, seed=args.seed,
                           grid=not args.no_grid, progress=not args.no_progress)
     out = args.out or args.trace.parent / "profile"
     try:
