@@ -375,3 +375,21 @@ def test_the_start_up_is_bounded_and_a_late_server_is_killed(tmp_path):
     assert time.monotonic() - t0 < 1.5 + 3.0 and server.pid is not None and not pid_alive(server.pid)
     server.stop()
     assert os.path.getsize(tmp_path / "server.log") > 0
+
+
+def test_a_dead_server_among_several_does_not_hold_the_start_for_the_whole_limit(monkeypatch):
+    """A rebuild after one server died must not wait the start-up limit (minutes) for it to come back."""
+    from aimo_kernel.engine import openai_server as osrv
+
+    monkeypatch.setattr(osrv, "LATE_SERVER_GRACE_S", 1.0)
+    live = FakeServer().start()
+    dead = "http://127.0.0.1:9"  # the discard port: nothing answers there
+    try:
+        t0 = time.monotonic()
+        endpoints = osrv.discover_endpoints([dead, live.url], time.monotonic() + 600.0)
+        assert time.monotonic() - t0 < 6.0
+        assert [e.url for e in endpoints] == [live.url] and endpoints[0].model
+        with pytest.raises(EngineError, match="no server listed its model in time"):
+            osrv.discover_endpoints([dead], time.monotonic() + 1.0)
+    finally:
+        live.stop()

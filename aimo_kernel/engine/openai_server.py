@@ -323,23 +323,44 @@ def _logprobs(data: dict[str, Any] | None) -> tuple[tuple[float, ...], tuple[tup
     return tokens, top
 
 
-def discover_model(url: str, until: float) -> str:
-    """The model a server serves (the first of ``/v1/models``), waiting for it to answer until ``until``."""
-    last = ""
+# Once one server answers, how long the others may still take before the run goes on without them.
+LATE_SERVER_GRACE_S = 15.0
+
+
+def _listed_model(client: httpx.Client, url: str) -> tuple[str, str]:
+    """(the first model ``/v1/models`` lists, "") or ("", why not)."""
+    try:
+        resp = client.get(f"{url}/v1/models")
+        resp.raise_for_status()
+        models = resp.json().get("data") or []
+        return (str(models[0]["id"]), "") if models else ("", "it serves no model")
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        return "", f"{type(exc).__name__}: {exc}"
+
+
+def discover_endpoints(urls: Sequence[str], until: float) -> list[Endpoint]:
+    """The servers that list their model, each with it. Waits until ``until`` while none answers; once one
+    has, the others get :data:`LATE_SERVER_GRACE_S`, then the run goes on without them (a dead server
+    among several must not hold a restart for the whole start-up limit)."""
+    found: dict[str, Endpoint] = {}
+    why: dict[str, str] = {}
+    give_up = until
     with httpx.Client(timeout=httpx.Timeout(5.0)) as client:
         while True:
-            try:
-                resp = client.get(f"{url}/v1/models")
-                resp.raise_for_status()
-                models = resp.json().get("data") or []
-                if models:
-                    return str(models[0]["id"])
-                last = "it serves no model"
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
+            for url in (u for u in urls if u not in found):
+                model, why[url] = _listed_model(client, url)
+                if model:
+                    found[url] = Endpoint(url=url, model=model)
+                    give_up = min(give_up, time.monotonic() + LATE_SERVER_GRACE_S)
+            if len(found) == len(urls) or (found and time.monotonic() >= give_up):
+                break
             if time.monotonic() >= until:
-                raise EngineError(f"server {url} did not list its model in time: {last}")
+                raise EngineError("no server listed its model in time: "
+                                  + "; ".join(f"{u}: {why[u]}" for u in urls))
             time.sleep(1.0)
+    for url in (u for u in urls if u not in found):
+        log.warning("server %s did not answer (%s); going on without it", url, why[url])
+    return [found[u] for u in urls if u in found]
 
 
 def create_engine(config: Config) -> OpenAIServerEngine:
@@ -356,5 +377,5 @@ def create_engine(config: Config) -> OpenAIServerEngine:
         return OpenAIServerEngine(config, endpoints=[Endpoint(url=server.url)], tokenizer=tokenizer, server=server)
     tokenizer = load_tokenizer(cfg.model)
     until = time.monotonic() + cfg.server_start_timeout_s
-    endpoints = [Endpoint(url=url.rstrip("/"), model=discover_model(url.rstrip("/"), until)) for url in cfg.server]
+    endpoints = discover_endpoints([url.rstrip("/") for url in cfg.server], until)
     return OpenAIServerEngine(config, endpoints=endpoints, tokenizer=tokenizer)
