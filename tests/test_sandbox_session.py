@@ -119,12 +119,23 @@ def test_background_process_ends_with_the_session(pool):
     s.close()
 
 
+def bound_back_in_tmp() -> set[str]:
+    """Names in /tmp the sandbox binds back into a block's private /tmp: a checkout or venv living there."""
+    import sys
+
+    from aimo_kernel.sandbox import worker
+
+    paths = (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable), os.path.dirname(worker.__file__), *sys.path)
+    return {os.path.realpath(p).split("/")[2] for p in paths if p and os.path.realpath(p).startswith("/tmp/")}
+
+
 def test_session_files_are_private_and_persist_until_close(pool):
     s, other = pool.open_session(), pool.open_session()
     try:
         s.run("open('/tmp/mine', 'w').write('x')")
-        assert s.run("import os\nprint(os.listdir('/tmp'))").stdout == "['mine']\n"
-        assert other.run("import os\nprint(os.listdir('/tmp'))").stdout == "[]\n"
+        listing = f"import os\nprint(sorted(set(os.listdir('/tmp')) - {bound_back_in_tmp()!r}))"
+        assert s.run(listing).stdout == "['mine']\n"
+        assert other.run(listing).stdout == "[]\n"
     finally:
         s.close()
         other.close()
