@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from test_sandbox_pool import bound_back_in_tmp
 
 from aimo_kernel.config import SandboxConfig
 from aimo_kernel.sandbox import PoolSandbox, Session, SubprocessSandbox
@@ -117,16 +118,6 @@ def test_background_process_ends_with_the_session(pool):
     with pytest.raises(RuntimeError):
         s.run("print(1)")
     s.close()
-
-
-def bound_back_in_tmp() -> set[str]:
-    """Names in /tmp the sandbox binds back into a block's private /tmp: a checkout or venv living there."""
-    import sys
-
-    from aimo_kernel.sandbox import worker
-
-    paths = (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable), os.path.dirname(worker.__file__), *sys.path)
-    return {os.path.realpath(p).split("/")[2] for p in paths if p and os.path.realpath(p).startswith("/tmp/")}
 
 
 def test_session_files_are_private_and_persist_until_close(pool):
