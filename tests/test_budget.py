@@ -223,3 +223,39 @@ def test_no_call_overruns_its_gateway_deadline_in_1000_simulated_runs(name, wide
     if limit is not None:
         assert worst_call < limit - CALL_MARGIN_S / 2, f"a call took {worst_call:.0f} s of its {limit:.0f} s"
     assert worst_margin >= 600.0, f"a run ended {worst_margin:.0f} s before the deadline"
+
+
+# --- a calibrated planner: the fullest effort projected to fit ------------------------------------------
+
+@pytest.mark.parametrize(("seconds", "level"), [(300.0, 0), (120.0, 0), (90.0, 1), (45.0, 2), (25.0, 3), (20.0, 3)])
+def test_a_calibrated_planner_gives_the_fullest_effort_that_fits(seconds, level):
+    clock = FakeClock()
+    cfg = BudgetConfig(total_seconds=1000.0, num_problems=1, per_problem_seconds=seconds, min_problem_seconds=1.0,
+                       safety_margin_s=0.0, overrun_allowance_s=0.0)
+    needs = (100.0, 60.0, 30.0, 22.0)  # seconds of one problem at each speed level
+    plan = BudgetPlanner(cfg, TIRConfig(num_candidates=48, max_rounds=4), start=0.0, clock=clock,
+                         level_seconds=needs).plan()
+    assert plan.seconds == seconds and plan.speed_level == level  # none fits: the lowest effort
+    assert (plan.num_candidates, plan.max_rounds) == effort(TIRConfig(num_candidates=48, max_rounds=4), level)
+
+
+def _second_plan(level_seconds: tuple[float, ...], late_by: float) -> tuple[int, float]:
+    """(speed level, seconds) of the second problem after the first used its time and ``late_by`` more."""
+    clock = FakeClock()
+    p = planner(clock)
+    p = BudgetPlanner(p.cfg, p.tir, start=0.0, clock=clock, level_seconds=level_seconds)
+    first = p.plan()
+    clock.now += first.seconds + late_by
+    p.done(first.seconds, first.seconds)
+    second = p.plan()
+    return second.speed_level, second.seconds
+
+
+def test_a_calibration_overrides_the_share_heuristic_both_ways():
+    assert _second_plan((), late_by=700.0)[0] == len(SPEED_LEVELS) - 1  # far behind: the share cuts effort
+    level, seconds = _second_plan((5.0, 4.0, 3.0, 2.0), late_by=700.0)
+    assert level == 0 and seconds >= 5.0  # this machine does full effort in 5 s: no reason to cut it
+    assert _second_plan((), late_by=0.0)[0] == 0  # on time: the share keeps full effort...
+    assert _second_plan((500.0, 80.0, 3.0, 2.0), late_by=0.0)[0] == 1  # ...which would not fit its 90 s
+    with pytest.raises(ValueError, match="one projection per speed level"):
+        BudgetPlanner(BudgetConfig(), TIRConfig(), start=0.0, level_seconds=(1.0,))

@@ -12,6 +12,7 @@ supervisor brings the server back for the next one. Start-up times are printed (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 
@@ -175,3 +176,106 @@ async def _until(predicate, timeout):
             return True
         await asyncio.sleep(0.1)
     return False
+
+
+class Relay:
+    """A TCP relay to the real server: a second endpoint for the same server, which the test can cut.
+
+    CI's memory holds one vLLM server, so ``eval`` gets that server twice: directly and through this
+    relay. Cutting it closes its listener and every live connection, mid-stream, as a dead node would."""
+
+    def __init__(self, target: str) -> None:
+        import socket
+
+        host, port = target.removeprefix("http://").split(":")
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.requests = 0  # completions requests carried
+        self.cut_down = False
+        self._socks: list = []
+
+    def start(self) -> Relay:
+        import threading
+
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.cut_down:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._socks += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src, dst, counting: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if counting:
+                    self.requests += data.count(b"POST /v1/completions")
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def cut(self) -> None:
+        import socket
+
+        self.cut_down = True
+        for s in [self.listener, *self._socks]:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+def finished_requests(engine) -> float:
+    text = httpx.get(f"{engine.endpoints[0].url}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:request_success_total"))
+
+
+def test_eval_over_the_server_listed_twice_spreads_the_work_and_survives_one_endpoint_dying(engine, tmp_path):
+    import csv
+    import json
+    import threading
+
+    from aimo_kernel.tools.evaluate import EvalOptions, run_eval
+
+    relay = Relay(engine.server.url).start()
+
+    def cut_when_busy() -> None:  # once the relayed endpoint has carried some of the work, it dies mid-stream
+        deadline = time.monotonic() + 120
+        while relay.requests < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        relay.cut()
+
+    before = finished_requests(engine)
+    killer = threading.Thread(target=cut_when_busy, daemon=True)
+    killer.start()
+    options = EvalOptions(candidates=4, per_problem_seconds=40.0, concurrency=2,
+                          endpoints=(engine.server.url, relay.url))
+    t0 = time.monotonic()
+    report = run_eval(CONFIG, bundled_problems_path(), options, out_dir=tmp_path / "out")
+    killer.join(5)
+    seconds = time.monotonic() - t0
+    served = finished_requests(engine) - before
+    print(f"\neval over two endpoints: {report.summary.run} problems in {seconds:.1f} s, {served:.0f} requests "
+          f"finished in the server, {relay.requests} sent through the relay before it was cut")
+    assert relay.cut_down and relay.requests >= 6  # the second endpoint really took work, then died
+    assert served > relay.requests  # the first endpoint took the rest, the cut one's included
+    assert report.summary.run == 10 and report.concurrency == 4
+    lines = (tmp_path / "out" / "trace.jsonl").read_text().splitlines()
+    ids = sorted(json.loads(line)["id"] for line in lines)
+    assert ids == sorted(p.id for p in read_problems(bundled_problems_path()))  # one record each
+    rows = list(csv.DictReader((tmp_path / "out" / "eval.csv").open()))
+    assert {r["status"] for r in rows} == {"run", "overall"}

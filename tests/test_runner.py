@@ -191,3 +191,63 @@ def test_no_loud_line_at_a_tenth_or_less():
                         votes={1: 1.0})
     records = [rec] * 9 + [dataclasses.replace(rec, answer=0, fallback_reason="engine stalled")]
     assert fallback_lines(records, 0) == ["fallback answers: 1 of 10 (engine stalled ×1)"]
+
+
+def _calibrated(tmp_path, fit: dict | None, text: str | None = None) -> Config:
+    path = tmp_path / "calibration.json"
+    path.write_text(text if text is not None else json.dumps({"version": 1, "startup_s": 3.0, "fit": fit}))
+    return dataclasses.replace(config("fake"), budget=dataclasses.replace(config().budget, calibration=str(path)))
+
+
+@pytest.mark.parametrize(("step_s", "level"), [(1e-6, 0), (10.0, 3)])
+def test_the_planner_reads_the_calibration_file(tmp_path, step_s, level):
+    cfg = _calibrated(tmp_path, {"fixed_s": step_s, "per_sequence_s": 0.0, "per_context_token_s": 0.0, "r2": 1.0})
+    runner = Runner(cfg, engine_factory=lambda c: FakeEngine(lambda req: "\\boxed{5}"), started=time.monotonic())
+    try:
+        assert runner.answer("a", "Problem?") == 5
+    finally:
+        runner.close()
+    assert runner.records[0].speed_level == level  # a machine 10 s a step cannot give full effort in 20 s
+
+
+@pytest.mark.parametrize("text", ["{not json", json.dumps({"version": 1}), json.dumps({"fit": {"fixed_s": "x"}}),
+                                  json.dumps({"fit": {"fixed_s": -1, "per_sequence_s": 0, "per_context_token_s": 0,
+                                                      "r2": 1}})])
+def test_a_bad_calibration_file_is_logged_and_the_run_plans_without_it(tmp_path, caplog, text):
+    from aimo_kernel.core.throughput import CalibrationError
+
+    cfg = _calibrated(tmp_path, None, text)
+    runner = Runner(cfg, engine_factory=lambda c: FakeEngine(lambda req: "\\boxed{5}"), started=time.monotonic())
+    try:
+        assert runner.answer("a", "Problem?") == 5  # the problem is still solved, at the share's effort
+    finally:
+        runner.close()
+    assert runner.records[0].speed_level == 0 and "calibration file" in caplog.text
+    strict = Runner(cfg, engine_factory=lambda c: FakeEngine(lambda req: "\\boxed{5}"), started=time.monotonic(),
+                    strict=True)
+    try:
+        with pytest.raises(CalibrationError, match="calibration file"):
+            strict.answer("a", "Problem?")
+    finally:
+        strict.close()
+
+
+def test_the_sandbox_starts_before_the_engine_loads_and_survives_a_failed_load():
+    seen = []
+
+    def factory(cfg):
+        seen.append(runner._sandbox)  # the pool is already warming up while the model loads
+        if len(seen) == 1:
+            raise RuntimeError("first load fails")
+        return FakeEngine(lambda req: "\\boxed{5}")
+
+    cfg = dataclasses.replace(config("fake"), sandbox=dataclasses.replace(config().sandbox, kind="subprocess"))
+    runner = Runner(cfg, engine_factory=factory, started=time.monotonic())
+    try:
+        assert runner.answer("a", "Problem?") == 0  # the fallback; the load is retried in the next call
+        assert runner.answer("b", "Problem?") == 5
+        assert len(seen) == 2 and seen[0] is not None and seen[1] is seen[0]  # one sandbox for both tries
+        assert runner._solver.sandbox is seen[0] and runner._sandbox is None
+        assert "sandbox" in runner.startup
+    finally:
+        runner.close()

@@ -85,3 +85,26 @@ def test_trained_tokenizer_splits_digits_and_keeps_markers_whole():
         assert len(tok.encode(marker, add_special_tokens=False).ids) == 1
     text = "```python\nprint(7 ** 3)\n```\n```output\n343\n```\nSo $\\boxed{343}$."
     assert tok.decode(tok.encode(text).ids, skip_special_tokens=True) == text
+
+
+# ----- builtin:tiny-tir-tools, the same model speaking chat-tools -------------------------------------
+
+
+def test_the_chat_tools_model_ships_inside_the_package_with_a_chatml_tokenizer():
+    from aimo_kernel.config.presets import get_preset
+    from aimo_kernel.models import CHATML_TEMPLATE, IM_END, TOOL_MARKERS
+
+    path = resolve_model("builtin:tiny-tir-tools")
+    assert path.name == "tiny-tir-tools" and path.parent.parent.name == "aimo_kernel"
+    preset = get_preset("cpu-tools")
+    assert (preset.engine.model, preset.tir.dialect) == ("builtin:tiny-tir-tools", "chat-tools")
+    assert (path / "model.safetensors").stat().st_size <= 20 * 1024 * 1024
+    tok_cfg = json.loads((path / "tokenizer_config.json").read_text())
+    assert tok_cfg["chat_template"] == CHATML_TEMPLATE and tok_cfg["eos_token"] == IM_END
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["eos_token_id"] == tok.token_to_id(IM_END)
+    for marker in TOOL_MARKERS:
+        assert len(tok.encode(marker, add_special_tokens=False).ids) == 1
+    training = json.loads((path / "training.json").read_text())
+    assert training["dialect"] == "chat-tools" and training["seconds"] <= 30 * 60  # the training itself

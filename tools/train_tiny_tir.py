@@ -9,6 +9,15 @@ with float32 safetensors. ``--minutes`` caps the training time; the learning rat
 the clock over that time, so a busy machine gives fewer steps, not a cut-off schedule.
 
     python tools/train_tiny_tir.py --out aimo_kernel/models/tiny-tir --minutes 26
+    python tools/train_tiny_tir.py --out aimo_kernel/models/tiny-tir-tools --dialect chat-tools --minutes 26
+
+``--dialect chat-tools`` writes the solutions as Qwen3-style tool calls and trains a tokenizer with a
+ChatML template (``<|im_start|>``/``<|im_end|>`` special, ``<|im_end|>`` the EOS, the tool tags single
+tokens); the prompt is the one :class:`ChatToolsDialect` builds, tool declaration included, checked
+against the saved tokenizer's own chat template before training starts. That prompt opens with the same
+~240 tokens in every example (the tool declaration), so its keys and values are computed once per batch
+and shared by every row (:func:`loss_with_prefix`: the same attention, the same gradients, ~2.5× fewer
+tokens a step), as a serving engine's prefix cache shares them.
 
 Needs torch, transformers, tokenizers and safetensors (the CPU set-up has them all). Covers training
 only; evaluation is ``aimo-kernel eval`` on a held-out set from ``tools/synth_tir.py --split heldout``.
@@ -31,7 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import synth_tir  # noqa: E402
 
-from aimo_kernel.models import BOS, EOS, PAD, train_bpe_tokenizer  # noqa: E402
+from aimo_kernel.models import (  # noqa: E402
+    CHATML_TOOLS_STYLE,
+    NUMINA_STYLE,
+    PAD,
+    TokenizerStyle,
+    train_bpe_tokenizer,
+)
+from aimo_kernel.solve.chat_tools import TASK, TOOL_TURN, TOOLS_PREAMBLE  # noqa: E402
 
 ARCH = {
     "hidden_size": 256,
@@ -45,35 +61,79 @@ ARCH = {
 PROBLEM, SOLUTION = "### Problem: ", "### Solution: "
 
 
-def chat_text(problem: str, solution: str) -> tuple[str, int]:
-    """The training text (Numina's template) and where the solution starts in it."""
-    head = f"{PROBLEM}{problem}\n{SOLUTION}"
+STYLES: dict[str, TokenizerStyle] = {"numina": NUMINA_STYLE, "chat-tools": CHATML_TOOLS_STYLE}
+# what the solver feeds back after each block: (where it starts, where it ends); its body is context
+FEEDBACK = {"numina": ("```output\n", "\n```\n"), "chat-tools": TOOL_TURN}
+
+
+def prompt_head(problem: str, dialect: str = "numina") -> str:
+    """The prompt the solver sends for ``problem`` in ``dialect`` (its chat template, its task text)."""
+    if dialect == "chat-tools":
+        from jinja2 import Template
+
+        message = {"role": "user", "content": TOOLS_PREAMBLE + TASK + problem}
+        return str(Template(CHATML_TOOLS_STYLE.chat_template).render(messages=[message], add_generation_prompt=True))
+    return f"{PROBLEM}{problem}\n{SOLUTION}"
+
+
+def chat_text(problem: str, solution: str, dialect: str = "numina") -> tuple[str, int]:
+    """The training text (the dialect's prompt, then the solution) and where the solution starts in it."""
+    head = prompt_head(problem, dialect)
     return head + solution, len(head)
 
 
-def masked_spans(text: str, start: int) -> list[tuple[int, int]]:
-    """Character spans that are context, not targets: the prompt and every output block's body."""
+def masked_spans(text: str, start: int, dialect: str = "numina") -> list[tuple[int, int]]:
+    """Character spans that are context, not targets: the prompt and every tool output the solver feeds back."""
+    opener, closer = FEEDBACK[dialect]
     spans, i = [(0, start)], start
-    while (j := text.find("```output\n", i)) >= 0:
-        body = j + len("```output\n")
-        end = text.find("\n```\n", body)
-        spans.append((body, end + 1 if end >= 0 else len(text)))
+    while (j := text.find(opener, i)) >= 0:
+        body = j + len(opener)
+        end = text.find(closer, body)
+        # numina: the output's closing fence is the model's to write; chat-tools: the whole tool turn is ours
+        stop = len(text) if end < 0 else (end + 1 if dialect == "numina" else end + len(closer))
+        spans.append((j if dialect == "chat-tools" else body, stop))
         i = body
     return spans
 
 
-def encode(tok: Any, examples: list[synth_tir.Example]) -> list[tuple[list[int], list[int]]]:
+def encode(tok: Any, examples: list[synth_tir.Example], dialect: str = "numina") -> list[tuple[list[int], list[int]]]:
     """(token ids, loss labels) per example: labels are -100 on the masked spans, EOS closes each one."""
-    eos = tok.token_to_id(EOS)
+    eos = tok.token_to_id(STYLES[dialect].eos)
     out = []
-    for ex in examples:
-        text, start = chat_text(ex.problem, ex.solution)
-        enc = tok.encode(text)
-        spans = masked_spans(text, start)
+    texts = [chat_text(ex.problem, ex.solution, dialect) for ex in examples]
+    for (text, start), enc in zip(texts, tok.encode_batch([t for t, _ in texts])):
+        spans = masked_spans(text, start, dialect)
         labels = [-100 if any(a <= s < b for a, b in spans) or s == e else t
                   for t, (s, e) in zip(enc.ids, enc.offsets)]
         out.append((enc.ids + [eos], labels + [eos]))
     return out
+
+
+SHARED_PREFIX_MIN = 32  # tokens; below this a shared prefix is not worth a forward pass of its own
+
+
+def shared_prefix(data: list[tuple[list[int], list[int]]]) -> int:
+    """How many leading tokens every example has in common, ending before the token that predicts the
+    first target (the logits of the prefix itself are never computed)."""
+    first = data[0][0]
+    n = len(first) - 1
+    for ids, labels in data:
+        n = min(n, len(ids) - 1, next((i - 1 for i, y in enumerate(labels) if y != -100), n))
+        if ids[:n] != first[:n]:
+            n = next(i for i, (a, b) in enumerate(zip(ids, first)) if a != b)
+    return n
+
+
+def loss_with_prefix(model: Any, prefix: Any, ids: Any, labels: Any) -> Any:
+    """The loss of ``prefix + ids[row]`` for every row, the prefix run once and its keys and values shared.
+
+    The prefix carries no targets; the rows are padded on the right, so no real token attends to a pad
+    (causal attention) and no attention mask is needed."""
+    cache = model.model(input_ids=prefix[None], use_cache=True).past_key_values
+    for layer in cache.layers:
+        layer.keys = layer.keys.expand(ids.shape[0], -1, -1, -1)
+        layer.values = layer.values.expand(ids.shape[0], -1, -1, -1)
+    return model(input_ids=ids, labels=labels, past_key_values=cache, use_cache=True).loss
 
 
 def batches(data: list[tuple[list[int], list[int]]], tokens_per_batch: int, pad: int, rng: random.Random) -> Any:
@@ -99,13 +159,36 @@ def batches(data: list[tuple[list[int], list[int]]], tokens_per_batch: int, pad:
             yield ids, labels
 
 
-def build_model(tok: Any, seed: int) -> Any:
+def check_template(folder: Path, problem: str, dialect: str) -> None:
+    """The saved tokenizer's chat template, applied as the engines apply it, gives the training prompt."""
+    from transformers import AutoTokenizer
+
+    from aimo_kernel.engine.vllm_backend import render_chat
+    from aimo_kernel.solve.dialect import get_dialect
+
+    tok = AutoTokenizer.from_pretrained(folder)
+
+    class Format:
+        def chat_prompt(self, text: str) -> str:
+            return render_chat(tok, text)
+
+        def count_tokens(self, text: str) -> int:
+            return len(tok.encode(text))
+
+    served = get_dialect(dialect).prompt(Format(), problem)
+    if served != prompt_head(problem, dialect):
+        raise SystemExit(f"the saved chat template gives another prompt than training uses:\n{served!r}")
+
+
+def build_model(tok: Any, seed: int, style: TokenizerStyle = NUMINA_STYLE) -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from aimo_kernel.models import BOS
+
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), bos_token_id=tok.token_to_id(BOS),
-                      eos_token_id=tok.token_to_id(EOS), pad_token_id=tok.token_to_id(PAD),
+                      eos_token_id=tok.token_to_id(style.eos), pad_token_id=tok.token_to_id(PAD),
                       rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True, **ARCH)
     return LlamaForCausalLM(cfg)
 
@@ -117,10 +200,14 @@ def lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train(model: Any, stream: Any, *, minutes: float, peak_lr: float, log_every: int = 100) -> dict[str, float]:
+def train(model: Any, stream: Any, *, minutes: float, peak_lr: float, log_every: int = 100,
+          prefix: list[int] | None = None) -> dict[str, float]:
     """Train until the time is up. The schedule follows the clock, not a step count, so a machine
-    busy with other work gets fewer steps but the same shape of schedule."""
+    busy with other work gets fewer steps but the same shape of schedule. With ``prefix`` the batches
+    hold what follows it (see :func:`loss_with_prefix`)."""
     import torch
+
+    shared = torch.tensor(prefix, dtype=torch.long) if prefix else None
 
     opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(0.9, 0.98), weight_decay=0.01)
     model.train()
@@ -129,7 +216,8 @@ def train(model: Any, stream: Any, *, minutes: float, peak_lr: float, log_every:
         ids, labels = next(stream)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, progress, peak_lr, warmup)
-        loss = model(input_ids=ids, labels=labels).loss
+        loss = (model(input_ids=ids, labels=labels).loss if shared is None
+                else loss_with_prefix(model, shared, ids, labels))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -160,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-tokens", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    ap.add_argument("--dialect", choices=tuple(STYLES), default="numina", help="the format the model speaks")
     args = ap.parse_args(argv)
 
     import torch
@@ -167,23 +256,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.monotonic()
-    examples = list(synth_tir.generate("train", args.examples, seed=args.seed))
+    examples = list(synth_tir.generate("train", args.examples, seed=args.seed, dialect=args.dialect))
     tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    texts = [chat_text(e.problem, e.solution)[0] for e in examples]
+    texts = [chat_text(e.problem, e.solution, args.dialect)[0] for e in examples]
+    style = STYLES[args.dialect]
     tok = train_bpe_tokenizer(texts, tmp, vocab_size=args.vocab, max_length=ARCH["max_position_embeddings"],
-                              split_digits=True)
-    data = encode(tok, examples)
+                              split_digits=True, style=style)
+    check_template(tmp, examples[0].problem, args.dialect)
+    data = encode(tok, examples, args.dialect)
     print(f"{len(data)} examples, {sum(len(x) for x, _ in data) / len(data):.1f} tokens each, "
           f"vocab {tok.get_vocab_size()}, prepared in {time.monotonic() - t0:.0f}s", flush=True)
-    model = build_model(tok, args.seed)
+    model = build_model(tok, args.seed, style)
     print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
+    n = shared_prefix(data)
+    prefix = data[0][0][:n] if n >= SHARED_PREFIX_MIN else None
+    if prefix:
+        print(f"{n} prompt tokens shared by every example: computed once per batch", flush=True)
+        data = [(x[n:], y[n:]) for x, y in data]
     stream = batches(data, args.batch_tokens, tok.token_to_id(PAD), random.Random(args.seed))
-    stats = train(model, stream, minutes=args.minutes, peak_lr=args.lr)
+    stats = train(model, stream, minutes=args.minutes, peak_lr=args.lr, prefix=prefix)
     meta = {"seed": args.seed, "examples": args.examples, "minutes_cap": args.minutes, "lr": args.lr,
-            "batch_tokens": args.batch_tokens, "torch_threads": torch.get_num_threads(), **stats,
-            "total_seconds": time.monotonic() - t0, "generator": "tools/synth_tir.py", "arch": ARCH}
+            "batch_tokens": args.batch_tokens, "torch_threads": torch.get_num_threads(),
+            "shared_prefix_tokens": len(prefix or ()), **stats,
+            "total_seconds": time.monotonic() - t0, "generator": "tools/synth_tir.py", "dialect": args.dialect,
+            "arch": ARCH}
     save(model, tmp, meta)
     shutil.rmtree(args.out, ignore_errors=True)
     tmp.rename(args.out)

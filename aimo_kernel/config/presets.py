@@ -28,7 +28,7 @@ from aimo_kernel.config.schema import (
     TIRConfig,
     competition_vote,
 )
-from aimo_kernel.models import DEFAULT_MODEL
+from aimo_kernel.models import BUILTIN_PREFIX, DEFAULT_MODEL, TINY_TIR_TOOLS
 
 # The model the GPU presets load: a local folder, normally an attached Kaggle dataset.
 NUMINA_MODEL_DIR = "/kaggle/input/numinamath-7b-tir-gptq-8bit"  # AIMO1/2 presets
@@ -203,12 +203,27 @@ def _cpu() -> Config:
     )
 
 
+def _cpu_tools() -> Config:
+    """The ``cpu`` preset with the built-in chat-tools model: Qwen3-style ``<tool_call>``s to a python tool
+    whose state persists between calls (the sandbox's per-candidate session), ChatML tool turns."""
+    base = _cpu()
+    return dataclasses.replace(
+        base,
+        preset="cpu-tools",
+        # a JSON tool call spells the code out escaped: ~50 tokens against ~35 in a ```python block
+        sampling=dataclasses.replace(base.sampling, max_new_tokens=160),
+        tir=dataclasses.replace(base.tir, dialect="chat-tools"),
+        engine=dataclasses.replace(base.engine, model=BUILTIN_PREFIX + TINY_TIR_TOOLS),
+    )
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "aimo1-t4x2": _aimo1_t4x2,
     "aimo2-l4x4": _aimo2_l4x4,
     "aimo3-h100": _aimo3_h100,
     "aimo3-gptoss20b": _aimo3_gptoss20b,
     "cpu": _cpu,
+    "cpu-tools": _cpu_tools,
 }
 
 
@@ -264,6 +279,7 @@ PRESET_HARDWARE: dict[str, HardwareNeed] = {
     "aimo3-h100": HardwareNeed(gpus=1, memory_gib=75.0, bf16=True),
     "aimo3-gptoss20b": HardwareNeed(gpus=1, memory_gib=22.0, bf16=True),
     "cpu": HardwareNeed(gpus=0, memory_gib=0.0),
+    "cpu-tools": HardwareNeed(gpus=0, memory_gib=0.0),
 }
 
 

@@ -175,7 +175,10 @@ class BudgetConfig:
     included). Each problem gets a share of the time left, clamped to
     ``[min_problem_seconds, per_problem_seconds]``; time a problem does not use is carried forward.
     ``overrun_allowance_s`` is what a problem may run past its stop (aborting, killing code) and
-    ``restart_reserve_s`` the time kept back for one engine restart.
+    ``restart_reserve_s`` the time kept back for one engine restart. ``calibration`` names a file
+    written by ``aimo-kernel preflight``/``calibrate`` on this machine ("" none): the planner then gives
+    each problem the fullest effort whose projected time fits its seconds (:mod:`aimo_kernel.core.throughput`)
+    instead of judging by the share of time alone.
     """
 
     total_seconds: float = 9 * 3600.0
@@ -186,8 +189,11 @@ class BudgetConfig:
     overrun_allowance_s: float = 5.0
     restart_reserve_s: float = 0.0
     stall_timeout_s: float = 120.0
+    calibration: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.calibration, str):
+            raise ConfigError(f"BudgetConfig.calibration must be a file path or '', got {self.calibration!r}")
         _check_range(self, "total_seconds", 1.0, 7 * 24 * 3600.0)
         _check_int(self, "num_problems", 1, 100_000)
         _check_range(self, "per_problem_seconds", 0.5, 7 * 24 * 3600.0)

@@ -5,6 +5,12 @@ has k votes among the first n answers; imagination-research stopped AIMO2 proble
 6/9) and *decided* (the leader is ahead by more votes than the candidates still to come could give
 the runner-up). Rules tighten when the run is ahead of schedule (``richness`` > 1): time that would
 otherwise go unused buys more evidence. Candidates without an answer count as finished, not as votes.
+With ``vote.mode = "weighted"`` both kinds follow the weighted vote: a k/n rule stops only when the
+answer it agrees on also leads in weight (else the stop would hand the vote to an answer the rule
+never agreed on), and *decided* needs a weighted lead larger than the candidates still to come could
+bring, each counted as heavy as the heaviest vote so far (the bound ``confidence_floor ** -power``
+would be 100 votes' worth by default and would never stop anything; the heaviest seen is what the
+same model on the same problem gives).
 The rule that decided is returned on its own (``"4/5"``, :data:`DECIDED`); the solver reports it next
 to the stop reason ``agreement`` (:class:`aimo_kernel.vocab.StopReason`), never inside it.
 """
@@ -16,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from aimo_kernel.config import VoteConfig, parse_agreement_rule
+from aimo_kernel.core.confidence import Confidence, vote_weights
 
 MAX_TIGHTENING = 4.0  # rules are never scaled by more than this
 DECIDED = "decided"  # the rule name when the leader can no longer be caught
@@ -32,21 +39,41 @@ class AgreementTracker:
             (tightened(k, richness), tightened(n, richness)) for k, n in map(parse_agreement_rule, vote.agreement_rules)
         ]
         self.stop_when_decided = vote.stop_when_decided
+        self.vote = vote
         self.counts: Counter[int] = Counter()
         self.answered = 0
+        self._votes: list[tuple[int, Confidence, bool]] = []  # (answer, confidence, code-verified)
 
-    def add(self, answer: int | None) -> None:
+    def add(self, answer: int | None, confidence: Confidence | None = None, code_verified: bool = False) -> None:
         if answer is not None:
             self.counts[answer] += 1
             self.answered += 1
+            self._votes.append((answer, confidence or Confidence(), code_verified))
 
-    def recount(self, answers: Iterable[int | None], still_to_come: int) -> str:
-        """Start over from these answers (synchronous rounds vote on everything finished so far)."""
+    def recount(self, votes: Iterable[tuple[int | None, Confidence, bool]], still_to_come: int) -> str:
+        """Start over from these (answer, confidence, code-verified) votes (synchronous rounds vote on
+        everything finished so far)."""
         self.counts.clear()
         self.answered = 0
-        for answer in answers:
-            self.add(answer)
+        self._votes.clear()
+        for answer, confidence, verified in votes:
+            self.add(answer, confidence, verified)
         return self.decided(still_to_come)
+
+    def weights(self) -> tuple[dict[int, float], float]:
+        """Each answer's total weight as the final vote will weigh it, and what one more vote is taken to add."""
+        v = self.vote
+        if v.mode == "majority" or not self._votes:
+            return {a: float(n) for a, n in self.counts.items()}, 1.0
+        answers = [a for a, _, _ in self._votes]
+        confidences = [c for _, c, _ in self._votes]
+        weights = vote_weights(confidences, [ok for _, _, ok in self._votes], signal=v.confidence,
+                               power=v.confidence_power, floor=v.confidence_floor, code_bonus=v.code_bonus,
+                               answers=answers)
+        totals: dict[int, float] = {}
+        for answer, w in zip(answers, weights):
+            totals[answer] = totals.get(answer, 0.0) + w
+        return totals, max(weights)
 
     def decided(self, still_to_come: int) -> str:
         """The rule that decides the vote now ("4/5", "decided"), or "" while it is open."""
@@ -54,10 +81,12 @@ class AgreementTracker:
             return ""
         top = self.counts.most_common(2)
         lead = top[0][1]
+        totals, most_per_vote = self.weights()
+        heavy = sorted(totals.values(), reverse=True) + [0.0]
+        leads_in_weight = totals[top[0][0]] >= heavy[0]
         for k, n in self.rules:
-            if self.answered <= n and lead >= k:
+            if self.answered <= n and lead >= k and leads_in_weight:
                 return f"{k}/{n}"
-        runner_up = top[1][1] if len(top) > 1 else 0
-        if self.stop_when_decided and lead - runner_up > still_to_come:
+        if self.stop_when_decided and heavy[0] - heavy[1] > still_to_come * most_per_vote:
             return DECIDED
         return ""

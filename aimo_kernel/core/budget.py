@@ -13,6 +13,11 @@ AIMO1 none; past it the whole submission fails): :meth:`BudgetPlanner.plan` take
 end (:func:`call_deadline`), and a problem never gets more than fits before it, whatever was carried
 forward.
 
+With a calibration (``level_seconds``: a problem's projected time at each speed level, from
+:mod:`aimo_kernel.core.throughput`) the speed level is the fullest effort projected to fit the seconds
+given, not a guess from the share alone: a machine faster than the even share needs keeps full effort
+while behind schedule, a slower one lowers it from the first problem.
+
 Pure logic with an injectable clock: the solver enforces the budgets, the simulation in the tests
 checks the deadline property over many simulated runs. It does not measure throughput.
 """
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aimo_kernel.config import BudgetConfig, TIRConfig
@@ -85,7 +90,11 @@ class BudgetPlanner:
     """Plans problem budgets in order; call :meth:`plan` before each problem and :meth:`done` after."""
 
     def __init__(self, budget: BudgetConfig, tir: TIRConfig, *, start: float, num_problems: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, level_seconds: Sequence[float] = ()) -> None:
+        if level_seconds and len(level_seconds) != len(SPEED_LEVELS):
+            raise ValueError(f"level_seconds needs one projection per speed level ({len(SPEED_LEVELS)}), "
+                             f"got {len(level_seconds)}")
+        self.level_seconds = tuple(level_seconds)
         self.cfg = budget
         self.tir = tir
         self.clock = clock
@@ -130,6 +139,12 @@ class BudgetPlanner:
             seconds = min(seconds, max(cfg.min_problem_seconds, room - cfg.restart_reserve_s))
         return seconds
 
+    def _level(self, richness: float, seconds: float) -> int:
+        """The fullest effort projected to fit ``seconds`` when calibrated, else the share's level."""
+        if not self.level_seconds:
+            return speed_level(richness)
+        return next((i for i, need in enumerate(self.level_seconds) if need <= seconds), len(SPEED_LEVELS) - 1)
+
     def plan(self, call_deadline: float | None = None) -> ProblemBudget:
         """The next problem's budget; ``call_deadline`` is when the current gateway call must answer."""
         now = self.clock()
@@ -142,7 +157,7 @@ class BudgetPlanner:
         if call_deadline is not None:  # the gateway's per-call deadline beats every other rule
             seconds = max(0.0, min(seconds, call_deadline - now - self.cfg.overrun_allowance_s))
         richness = share / self.even_share
-        level = speed_level(richness)
+        level = self._level(richness, seconds)
         candidates, rounds = effort(self.tir, level)
         index = self.planned
         self.planned += 1

@@ -29,6 +29,9 @@ def _known_args() -> set[str]:
     return {f.name for f in dataclasses.fields(AsyncEngineArgs)}
 
 
+SHUTDOWN_S = 1.0  # the engine core's grace to exit on SIGTERM before vLLM kills it
+
+
 class AsyncVLLMEngine:
     name = "vllm"
 
@@ -110,7 +113,8 @@ class AsyncVLLMEngine:
         handler = getattr(engine, "output_handler", None)
         if handler is not None:  # stop reading first: a core shut down under it logs EngineDeadError
             handler.cancel()
-        engine.shutdown()
+        # vLLM's default waits 5 s for the core's teardown before it kills it; nothing of it is kept
+        engine.shutdown(timeout=SHUTDOWN_S)
 
 
 def _open(gate: asyncio.Future[None]) -> None:

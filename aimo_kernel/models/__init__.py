@@ -4,6 +4,11 @@
 solutions (``tools/train_tiny_tir.py``); it ships inside the package (``aimo_kernel/models/tiny-tir``)
 and really writes code, reads its output and boxes an answer. It is the default model.
 
+``builtin:tiny-tir-tools`` is the same model trained on the same problems written in the chat-tools
+dialect (:mod:`aimo_kernel.solve.chat_tools`): a ChatML chat template whose ``<|im_start|>``/``<|im_end|>``
+are special tokens (``<|im_end|>`` ends a turn, as in Qwen's models) and Qwen3-style ``<tool_call>``
+calls to a ``python`` tool, answered in ``<tool_response>`` turns (``--dialect chat-tools``).
+
 ``builtin:tiny-random-llama`` is created on first use: a complete Hugging Face checkpoint folder
 (``config.json`` for LlamaForCausalLM, a real byte-level BPE ``tokenizer.json`` trained on the
 bundled competition problems with a Numina-style chat template, random ``model.safetensors``). Head
@@ -18,12 +23,15 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 BUILTIN_PREFIX = "builtin:"
 TINY_RANDOM = "tiny-random-llama"
 TINY_TIR = "tiny-tir"
+TINY_TIR_TOOLS = "tiny-tir-tools"
+PACKAGED = (TINY_TIR, TINY_TIR_TOOLS)  # shipped inside the package
 DEFAULT_MODEL = BUILTIN_PREFIX + TINY_TIR
 _VERSION = "v1"
 
@@ -38,6 +46,32 @@ CHAT_TEMPLATE = (
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 # Whole TIR markers as single tokens, so even random text contains them now and then.
 MARKER_TOKENS = ("```python\n", "```output\n", "```\n", "\\boxed{", "### Problem: ", "### Solution: ")
+
+# ChatML, as Qwen's templates render one user turn and the assistant's reply.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+TOOL_MARKERS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "\\boxed{")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerStyle:
+    """What a built-in tokenizer's format is made of: its chat template, special tokens and markers."""
+
+    chat_template: str
+    eos: str
+    specials: tuple[str, ...]  # special tokens, BOS/EOS/PAD first: skipped when decoding with skip_special_tokens
+    markers: tuple[str, ...]  # ordinary added tokens: single tokens, kept in decoded text
+
+
+NUMINA_STYLE = TokenizerStyle(chat_template=CHAT_TEMPLATE, eos=EOS, specials=(BOS, EOS, PAD), markers=MARKER_TOKENS)
+# <|im_end|> ends a turn and is the EOS, as in Qwen's models; the tool tags are ordinary added tokens there too
+CHATML_TOOLS_STYLE = TokenizerStyle(chat_template=CHATML_TEMPLATE, eos=IM_END,
+                                    specials=(BOS, IM_END, PAD, IM_START), markers=TOOL_MARKERS)
 
 _ARCH = {
     "hidden_size": 128,
@@ -60,11 +94,11 @@ def resolve_model(model: str) -> Path:
     """Turn an engine's ``model`` setting into a local folder, creating a built-in model if needed."""
     if model.startswith(BUILTIN_PREFIX):
         name = model[len(BUILTIN_PREFIX):]
-        if name == TINY_TIR:
-            return packaged_model_path(TINY_TIR)
+        if name in PACKAGED:
+            return packaged_model_path(name)
         if name != TINY_RANDOM:
-            raise FileNotFoundError(f"unknown built-in model {model!r}; available: "
-                                    f"{BUILTIN_PREFIX}{TINY_TIR}, {BUILTIN_PREFIX}{TINY_RANDOM}")
+            known = ", ".join(BUILTIN_PREFIX + n for n in (*PACKAGED, TINY_RANDOM))
+            raise FileNotFoundError(f"unknown built-in model {model!r}; available: {known}")
         return ensure_tiny_random_llama(cache_root() / "models" / f"{TINY_RANDOM}-{_VERSION}")
     path = Path(model).expanduser()
     if not (path / "config.json").is_file():
@@ -123,12 +157,12 @@ def write_tokenizer(dest: Path) -> int:
 
 
 def train_bpe_tokenizer(texts: list[str], dest: Path, *, vocab_size: int, max_length: int,
-                        split_digits: bool = False) -> Any:
+                        split_digits: bool = False, style: TokenizerStyle = NUMINA_STYLE) -> Any:
     """Train a byte-level BPE tokenizer on ``texts`` and save it with its chat template under ``dest``.
 
-    The TIR markers become single added tokens and BOS is prepended. ``split_digits`` cuts numbers
-    into single digits first, so a trained model copies them digit by digit. Returns the
-    ``tokenizers.Tokenizer``.
+    The style's markers become single added tokens, its special tokens special ones, and BOS is
+    prepended. ``split_digits`` cuts numbers into single digits first, so a trained model copies
+    them digit by digit. Returns the ``tokenizers.Tokenizer``.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -139,34 +173,38 @@ def train_bpe_tokenizer(texts: list[str], dest: Path, *, vocab_size: int, max_le
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[BOS, EOS, PAD],
+        special_tokens=list(style.specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    tok.add_tokens(list(MARKER_TOKENS))
+    tok.add_tokens(list(style.markers))
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, bos_id)])
     tok.save(str(dest / "tokenizer.json"))
-    _write_tokenizer_files(dest, max_length=max_length)
+    _write_tokenizer_files(dest, max_length=max_length, style=style)
     return tok
 
 
-def _write_tokenizer_files(dest: Path, *, max_length: int) -> None:
+def _write_tokenizer_files(dest: Path, *, max_length: int, style: TokenizerStyle = NUMINA_STYLE) -> None:
     """The files beside ``tokenizer.json`` that make it a transformers/vLLM tokenizer with a chat template."""
+    extra = [t for t in style.specials if t not in (BOS, style.eos, PAD)]
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS,
-        "eos_token": EOS,
+        "eos_token": style.eos,
         "pad_token": PAD,
         "add_bos_token": True,
         "model_max_length": max_length,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": style.chat_template,
         "clean_up_tokenization_spaces": False,
+        **({"additional_special_tokens": extra} if extra else {}),
     }
+    specials: dict[str, Any] = {"bos_token": BOS, "eos_token": style.eos, "pad_token": PAD}
+    if extra:
+        specials["additional_special_tokens"] = extra
     (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (dest / "special_tokens_map.json").write_text(json.dumps({"bos_token": BOS, "eos_token": EOS,
-                                                              "pad_token": PAD}, indent=2) + "\n")
+    (dest / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
 
 
 def _model_config(vocab_size: int, bos_id: int, eos_id: int) -> dict[str, object]:

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aimo_kernel.config import Config
-from aimo_kernel.core.budget import SPEED_LEVELS, BudgetPlanner, ProblemBudget, call_deadline
+from aimo_kernel.core.budget import SPEED_LEVELS, BudgetPlanner, ProblemBudget, call_deadline, effort
+from aimo_kernel.core.throughput import CalibrationError, problem_seconds, read_calibration
 from aimo_kernel.engine import AsyncEngine, Engine, get_engine, is_streaming
 from aimo_kernel.run.trace import ProblemTrace, append_trace
-from aimo_kernel.sandbox import make_sandbox
+from aimo_kernel.sandbox import Sandbox, make_sandbox
 from aimo_kernel.solve.pipeline import Solver
 from aimo_kernel.solve.result import Effort, SolveResult, fallback_result
 from aimo_kernel.vocab import StopReason
@@ -98,6 +99,7 @@ class ProblemRecord:
     budget_s: float = 0.0
     speed_level: int = 0
     fallback_reason: str = ""  # why the answer is the fallback ("" when a candidate's vote decided it)
+    candidates: int = 0  # candidates started (with persistent sessions: the kernels opened)
 
     @property
     def correct(self) -> bool | None:
@@ -163,22 +165,27 @@ class Runner:
     gave_up: str = ""  # set once loading failed MAX_LOAD_ATTEMPTS times: every problem answers the fallback
     _needs_restart: bool = False
     _own_loop: bool = False
+    _sandbox: Sandbox | None = None  # made before a load, kept across a failed one, then the solver's
 
     def solver(self, timeout: float | None = None) -> Solver:
         """The solver, loading the engine first if needed (within ``timeout`` seconds, at most
         ``engine.load_timeout_s``); raises what the load raised."""
         if self._solver is None:
             t0 = time.monotonic()
+            # the sandbox first: its pool's interpreters import their modules in the background while the
+            # engine loads (a CPU core the engine's start leaves idle much of the time)
+            if self._sandbox is None:
+                self._sandbox = make_sandbox(self.config.sandbox)
+            t1 = time.monotonic()
             limit = self.config.engine.load_timeout_s
             limit = limit if timeout is None else min(timeout, limit)
             try:
-                engine = self._make_engine(limit)
+                engine = self._make_engine(max(0.0, limit - (t1 - t0)))
             finally:
-                self.load_seconds += time.monotonic() - t0
-            t1 = time.monotonic()
-            sandbox = make_sandbox(self.config.sandbox)
-            self.startup = {**getattr(engine, "startup", {}), "sandbox pool": time.monotonic() - t1}
-            self._solver = Solver(engine, sandbox, self.config)
+                self.load_seconds += time.monotonic() - t1
+            self.startup = {"sandbox": t1 - t0, **getattr(engine, "startup", {})}
+            self._solver = Solver(engine, self._sandbox, self.config)
+            self._sandbox = None  # the solver's now
         return self._solver
 
     def _make_engine(self, timeout: float) -> Engine | AsyncEngine:
@@ -202,8 +209,28 @@ class Runner:
     def planner(self) -> BudgetPlanner:
         if self._planner is None:
             self._planner = BudgetPlanner(self.config.budget, self.config.tir, start=self.started,
-                                          num_problems=self.num_problems)
+                                          num_problems=self.num_problems, level_seconds=self._level_seconds())
         return self._planner
+
+    def _level_seconds(self) -> tuple[float, ...]:
+        """Each speed level's projected time per problem from ``budget.calibration`` (none: () ).
+
+        An unreadable file must not cost the submission: it is logged and the plan goes on uncalibrated,
+        unless ``strict``."""
+        path = self.config.budget.calibration
+        if not path:
+            return ()
+        try:
+            fit = read_calibration(path).fit
+        except CalibrationError as exc:
+            if self.strict:
+                raise
+            log.error("%s; planning without it", exc)
+            return ()
+        needs = tuple(problem_seconds(self.config, fit, *effort(self.config.tir, level))
+                      for level in range(len(SPEED_LEVELS)))
+        log.info("budget calibrated from %s: a problem at full effort ~%.0f s projected", path, needs[0])
+        return needs
 
     def answer(self, problem_id: Any, problem: str, gold: int | None = None) -> int:
         """Solve one problem inside this call's deadline and record it; never raises unless ``strict``."""
@@ -333,11 +360,19 @@ class Runner:
             if pool is not None:  # the pool's templates import in the background: ready this long after creation
                 parts["sandbox pool"] = pool
             lines.append("start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
+        if self._solver is not None and self._solver.sessions is not None:  # the dialect's tool runs in kernels
+            calls = sum(r.code_blocks for r in self.records)
+            kernels = sum(r.candidates for r in self.records)
+            lines.append(f"tool calls: {calls} run in {kernels} sessions ({self._solver.dialect.name}: "
+                         "one Python kernel per candidate, state kept between its calls)")
         if self.gave_up:
             lines.append(f"!!! {self.gave_up} !!!")
         return lines + fallback_lines(self.records, self.config.vote.fallback_answer)
 
     def close(self, *, keep_loop: bool = False) -> None:
+        if self._sandbox is not None:  # made for a load that never finished
+            self._sandbox.close()
+            self._sandbox = None
         if self._solver is not None:
             if self.close_engine:
                 self._close_engine(self._solver.engine)
@@ -410,7 +445,7 @@ def _record(problem_id: Any, result: SolveResult, gold: int | None, seconds: flo
                          tokens=result.tokens_generated, code_blocks=result.code_blocks,
                          stop_reason=result.stop_reason, votes=dict(result.vote.counts), error=result.error,
                          budget_s=plan.seconds if plan else 0.0, speed_level=plan.speed_level if plan else 0,
-                         fallback_reason=reason)
+                         fallback_reason=reason, candidates=len(result.candidates))
 
 
 def id_width(ids: Iterable[object], *, least: int = 18, most: int = 40) -> int:

@@ -262,7 +262,8 @@ class Solver:
             while inflight:
                 for task in await self._wait(st, set(inflight)):
                     inflight.pop(task)
-                    tracker.add(task.result().answer(self.dialect, self.rule))  # a bug in a candidate propagates
+                    res = task.result().result(self.dialect, self.rule)  # a bug in a candidate propagates
+                    tracker.add(res.answer, res.confidence, res.code_verified)
                 decided = tracker.decided(still_to_come=len(inflight) + effort.total - len(st.candidates))
                 if decided:
                     return StopReason.AGREEMENT, decided
@@ -312,8 +313,9 @@ class Solver:
             if rnd == st.effort.max_rounds - 1:  # nobody is still to come after the last round
                 for c in active:
                     c.out_of_rounds()
-            answers = [c.answer(self.dialect, self.rule) for c in st.candidates if c.status is CandidateStatus.DONE]
-            decided = tracker.recount(answers, still_to_come=sum(c.active for c in st.candidates))
+            done = [c.result(self.dialect, self.rule) for c in st.candidates if c.status is CandidateStatus.DONE]
+            decided = tracker.recount([(r.answer, r.confidence, r.code_verified) for r in done],
+                                      still_to_come=sum(c.active for c in st.candidates))
             if decided:
                 return StopReason.AGREEMENT, decided
         return StopReason.FINISHED, ""

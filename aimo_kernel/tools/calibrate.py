@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from aimo_kernel.config.options import add_config_args, config_from_args
+from aimo_kernel.core.throughput import StepFit
 from aimo_kernel.errors import UsageError
 from aimo_kernel.testing.hardware import FittedThroughputModel
 
@@ -56,19 +57,6 @@ class StepPoint:
     @property
     def tokens_per_s(self) -> float:
         return self.batch / self.step_s if self.step_s > 0 else math.inf
-
-
-@dataclass(frozen=True)
-class StepFit:
-    """``step = fixed_s + batch × per_sequence_s + batch × context × per_context_token_s``."""
-
-    fixed_s: float
-    per_sequence_s: float
-    per_context_token_s: float
-    r2: float
-
-    def predict(self, batch: int, context: float) -> float:
-        return self.fixed_s + batch * self.per_sequence_s + batch * context * self.per_context_token_s
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,10 @@ from typing import Any, Literal
 from aimo_kernel.config import Config
 from aimo_kernel.config.options import add_config_args, config_from_args
 from aimo_kernel.core.budget import SPEED_LEVELS, effort
-from aimo_kernel.tools.calibrate import Calibration, StepFit, calibrate, format_calibration
+from aimo_kernel.core.throughput import problem_seconds
+from aimo_kernel.tools.calibrate import Calibration, calibrate, format_calibration
 
 Status = Literal["ok", "warn", "fail"]
-ROUND_FILL = 0.5  # share of a round's token cap a round writes on average (projection, conservative)
 MIN_DISK_GIB = 5.0  # traces, the sandbox's files and a restart's logs
 MIN_SHM_GIB = 1.0  # vLLM's worker processes exchange tensors through /dev/shm
 PINNED = ("torch", "vllm", "transformers", "protobuf")
@@ -199,13 +199,6 @@ class Verdict:
         return f"VERDICT: {preset} does not fit here even at the lowest effort ({head})"
 
 
-def problem_seconds(config: Config, fit: StepFit, candidates: int, rounds: int) -> float:
-    """Projected decode time of one problem: ``rounds`` rounds of ``ROUND_FILL`` of the token cap."""
-    tokens = ROUND_FILL * config.sampling.max_new_tokens
-    context = config.engine.max_model_len / 4 + rounds * tokens / 2  # a prompt, then the growing trace
-    return rounds * tokens * fit.predict(candidates, context)
-
-
 def verdict(config: Config, cal: Calibration) -> Verdict:
     b = config.budget
     share = (b.total_seconds - b.safety_margin_s - cal.startup_s) / b.num_problems
@@ -259,4 +252,5 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(c.line() for c in checks))
     print(format_calibration(cal, args.out))
     print(v.text(config.preset))
+    print(f"plan with it: --set budget.calibration={args.out} (or the file's path in the notebook's dataset)")
     return 1 if any(c.status == "fail" for c in checks) else 0
