@@ -83,7 +83,7 @@ def part_simulated(problems: int) -> None:
           f"(without: {rows['async']['right']:.0f}/{problems})")
 
 
-COALESCE_MS = 4.0  # the admission window tried (AsyncVLLMEngine.coalesce_s)
+COALESCE_MS = 10.0  # the admission window tried (AsyncVLLMEngine.coalesce_s)
 STEP_GAP_S = 0.002  # deltas closer than this came from one engine step (a CPU step of the tiny model: ~10 ms)
 
 

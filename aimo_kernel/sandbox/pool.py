@@ -233,6 +233,7 @@ class PoolSandbox:
                 return
             self._ready_ids.add(id(template))
             if len(self._ready_ids) == len(self._templates):
-                self.startup_seconds = time.monotonic() - self._created
+                ready = max(t.ready_at or time.monotonic() for t in self._templates)
+                self.startup_seconds = max(0.0, ready - self._created)
                 log.info("sandbox pool: %d workers ready in %.2f s (preloaded %s)", len(self._templates),
                          self.startup_seconds, ", ".join(self.config.preload) or "nothing")

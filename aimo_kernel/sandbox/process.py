@@ -120,6 +120,7 @@ class WorkerProcess:
         self.lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready, self.started_at, self.generation = False, 0.0, 0
+        self.ready_at: float | None = None
         self.features: dict[str, Any] = {}
         self._buf = b""
         self.closed = False
@@ -153,6 +154,9 @@ class WorkerProcess:
             self.kill()
             return False
         self.ready, self.features = True, msg["features"]
+        # when it was ready, on the machine-wide monotonic clock (read late, the line still says when)
+        at = msg.get("at")
+        self.ready_at = float(at) if isinstance(at, (int, float)) and at <= time.monotonic() else time.monotonic()
         if msg.get("failed"):
             log.warning("sandbox: could not preload %s", msg["failed"])
         _announce(self.features)

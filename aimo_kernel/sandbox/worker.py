@@ -1191,7 +1191,7 @@ def main(argv: list[str]) -> None:
     libc().prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans of non-namespaced blocks come here
     features = probe(list(boot.get("off", ())), int(boot["tmp_bytes"]), int(boot["uid_base"]))
     send_line(ctl_out, {"ready": True, "pid": os.getpid(), "failed": failed, "features": features,
-                        "seconds": time.monotonic() - t0})
+                        "seconds": time.monotonic() - t0, "at": time.monotonic()})
     template = Template(boot, features, ctl_out)
     reader = LineReader(ctl_in)
     while True:
