@@ -16,12 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import engine_on
 
 from aimo_kernel.config.presets import get_preset
-from aimo_kernel.engine import get_engine
 from aimo_kernel.run.dryrun import dry_run
 from aimo_kernel.run.problems import bundled_problems_path, read_problems
-from aimo_kernel.run.runner import LoopThread
 from aimo_kernel.sandbox import make_sandbox
 from aimo_kernel.solve.chat_tools import CLOSE, OPEN
 from aimo_kernel.solve.pipeline import Solver
@@ -32,24 +31,8 @@ CONFIG = get_preset("cpu-tools")
 
 
 @pytest.fixture(scope="module")
-def loop():
-    thread = LoopThread()
-    yield thread
-    thread.close()
-
-
-@pytest.fixture(scope="module")
 def engine(loop):
-    async def create():
-        return get_engine("vllm", CONFIG)
-
-    eng = loop.run(create(), timeout=600)
-    yield eng
-
-    async def close():
-        eng.close()
-
-    loop.run(close(), timeout=60)
+    yield from engine_on(loop, "vllm", CONFIG)
 
 
 class CountingSandbox:

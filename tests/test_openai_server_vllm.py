@@ -26,7 +26,6 @@ from aimo_kernel.engine.server import installed_engine_args, serve_command
 from aimo_kernel.engine.vllm_backend import engine_args
 from aimo_kernel.run.dryrun import dry_run
 from aimo_kernel.run.problems import bundled_problems_path, read_problems
-from aimo_kernel.run.runner import LoopThread
 from aimo_kernel.sandbox import make_sandbox
 from aimo_kernel.solve.pipeline import Solver
 
@@ -38,13 +37,6 @@ CONFIG = dataclasses.replace(_BASE, engine=dataclasses.replace(
     server_start_timeout_s=300.0, server_restarts=1),
     # the preset's 30 s stall rule is for a run alone on the machine; a test may share the cores with others
     budget=dataclasses.replace(_BASE.budget, stall_timeout_s=120.0))
-
-
-@pytest.fixture(scope="module")
-def loop():
-    thread = LoopThread()
-    yield thread
-    thread.close()
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import engine_on
 
 from aimo_kernel.config.presets import get_preset
-from aimo_kernel.engine import GenerationRequest, SamplingParams, get_engine
+from aimo_kernel.engine import GenerationRequest, SamplingParams
 from aimo_kernel.run.dryrun import dry_run, format_table
 from aimo_kernel.run.problems import bundled_problems_path, read_problems
-from aimo_kernel.run.runner import LoopThread, Runner
+from aimo_kernel.run.runner import Runner
 from aimo_kernel.solve.pipeline import Solver
 
 pytestmark = pytest.mark.vllm
@@ -34,20 +35,8 @@ CONFIG = get_preset("cpu")
 
 
 @pytest.fixture(scope="module")
-def loop():
-    thread = LoopThread()
-    yield thread
-    thread.close()
-
-
-@pytest.fixture(scope="module")
 def engine(loop):
-    async def create():
-        return get_engine("vllm", CONFIG)
-
-    eng = loop.run(create(), timeout=600)
-    yield eng
-    eng.close()
+    yield from engine_on(loop, "vllm", CONFIG)
 
 
 def stream(loop, engine, prompt, *, max_tokens=24, seed=0, stop=(), rid="t"):

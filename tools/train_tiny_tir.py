@@ -32,6 +32,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from aimo_kernel.models import (  # noqa: E402
     TokenizerStyle,
     train_bpe_tokenizer,
 )
-from aimo_kernel.solve.chat_tools import TASK, TOOL_TURN, TOOLS_PREAMBLE  # noqa: E402
+from aimo_kernel.solve.chat_tools import TOOL_TURN  # noqa: E402
 
 ARCH = {
     "hidden_size": 256,
@@ -58,22 +59,33 @@ ARCH = {
     "head_dim": 32,
     "max_position_embeddings": 2048,
 }
-PROBLEM, SOLUTION = "### Problem: ", "### Solution: "
-
-
 STYLES: dict[str, TokenizerStyle] = {"numina": NUMINA_STYLE, "chat-tools": CHATML_TOOLS_STYLE}
 # what the solver feeds back after each block: (where it starts, where it ends); its body is context
 FEEDBACK = {"numina": ("```output\n", "\n```\n"), "chat-tools": TOOL_TURN}
 
 
-def prompt_head(problem: str, dialect: str = "numina") -> str:
-    """The prompt the solver sends for ``problem`` in ``dialect`` (its chat template, its task text)."""
-    if dialect == "chat-tools":
-        from jinja2 import Template
+class Format:
+    """A :class:`~aimo_kernel.engine.base.PromptFormat` over a chat-template renderer: what a dialect needs to
+    build its prompt without an engine."""
 
-        message = {"role": "user", "content": TOOLS_PREAMBLE + TASK + problem}
-        return str(Template(CHATML_TOOLS_STYLE.chat_template).render(messages=[message], add_generation_prompt=True))
-    return f"{PROBLEM}{problem}\n{SOLUTION}"
+    def __init__(self, render: Callable[[str], str], count: Callable[[str], int] = len) -> None:
+        self.chat_prompt, self.count_tokens = render, count
+
+
+def template_format(dialect: str) -> Format:
+    """The dialect's style's chat template, rendered as the engines render a template (jinja2)."""
+    from jinja2 import Template
+
+    template = Template(STYLES[dialect].chat_template)
+    return Format(lambda text: str(template.render(messages=[{"role": "user", "content": text}],
+                                                   add_generation_prompt=True)))
+
+
+def prompt_head(problem: str, dialect: str = "numina") -> str:
+    """The prompt the solver sends for ``problem`` in ``dialect``: the dialect builds it, on its chat template."""
+    from aimo_kernel.solve.dialect import get_dialect
+
+    return get_dialect(dialect).prompt(template_format(dialect), problem)
 
 
 def chat_text(problem: str, solution: str, dialect: str = "numina") -> tuple[str, int]:
@@ -167,15 +179,8 @@ def check_template(folder: Path, problem: str, dialect: str) -> None:
     from aimo_kernel.solve.dialect import get_dialect
 
     tok = AutoTokenizer.from_pretrained(folder)
-
-    class Format:
-        def chat_prompt(self, text: str) -> str:
-            return render_chat(tok, text)
-
-        def count_tokens(self, text: str) -> int:
-            return len(tok.encode(text))
-
-    served = get_dialect(dialect).prompt(Format(), problem)
+    served = get_dialect(dialect).prompt(Format(lambda text: render_chat(tok, text), lambda t: len(tok.encode(t))),
+                                         problem)
     if served != prompt_head(problem, dialect):
         raise SystemExit(f"the saved chat template gives another prompt than training uses:\n{served!r}")
 

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from aimo_kernel.config import VoteConfig, parse_agreement_rule
-from aimo_kernel.core.confidence import Confidence, vote_weights
+from aimo_kernel.core.confidence import Confidence, mode_weights
 
 MAX_TIGHTENING = 4.0  # rules are never scaled by more than this
 DECIDED = "decided"  # the rule name when the leader can no longer be caught
@@ -62,14 +62,11 @@ class AgreementTracker:
 
     def weights(self) -> tuple[dict[int, float], float]:
         """Each answer's total weight as the final vote will weigh it, and what one more vote is taken to add."""
-        v = self.vote
-        if v.mode == "majority" or not self._votes:
-            return {a: float(n) for a, n in self.counts.items()}, 1.0
         answers = [a for a, _, _ in self._votes]
-        confidences = [c for _, c, _ in self._votes]
-        weights = vote_weights(confidences, [ok for _, _, ok in self._votes], signal=v.confidence,
-                               power=v.confidence_power, floor=v.confidence_floor, code_bonus=v.code_bonus,
+        weights = mode_weights(self.vote, [c for _, c, _ in self._votes], [ok for _, _, ok in self._votes],
                                answers=answers)
+        if not weights:  # majority mode, or nothing voted yet
+            return {a: float(n) for a, n in self.counts.items()}, 1.0
         totals: dict[int, float] = {}
         for answer, w in zip(answers, weights):
             totals[answer] = totals.get(answer, 0.0) + w

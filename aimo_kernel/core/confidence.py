@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aimo_kernel.config.schema import CONFIDENCE_SIGNALS
+from aimo_kernel.config.schema import CONFIDENCE_SIGNALS, VoteConfig
 
 
 def token_entropy(top_logprobs: Sequence[float]) -> float:
@@ -139,3 +139,13 @@ def vote_weights(confidences: Sequence[Confidence], verified: Sequence[bool], *,
     use = all(c.known for c, a in zip(confidences, voting) if a is not None)
     return [vote_weight(c if use else Confidence(), signal=signal, power=power if use else 0.0, floor=floor,
                         code_verified=v, code_bonus=code_bonus) for c, v in zip(confidences, verified)]
+
+
+def mode_weights(vote: VoteConfig, confidences: Sequence[Confidence], verified: Sequence[bool],
+                 answers: Sequence[object] | None = None) -> list[float] | None:
+    """The weights ``vote.mode`` votes with: None (one vote each) for ``majority``, else :func:`vote_weights`
+    with the config's signal, power, floor and code bonus."""
+    if vote.mode == "majority":
+        return None
+    return vote_weights(confidences, verified, signal=vote.confidence, power=vote.confidence_power,
+                        floor=vote.confidence_floor, code_bonus=vote.code_bonus, answers=answers)

@@ -45,7 +45,6 @@ class Calibrated:
 
     fit: StepFit
     startup_s: float
-    source: str
 
 
 def read_calibration(path: str | Path) -> Calibrated:
@@ -65,7 +64,7 @@ def read_calibration(path: str | Path) -> Calibrated:
     terms = (fit.fixed_s, fit.per_sequence_s, fit.per_context_token_s, startup)
     if not all(math.isfinite(t) and t >= 0 for t in terms) or fit.predict(1, 1.0) <= 0:
         raise CalibrationError(f"calibration file {path}: the fit must be finite, >= 0 and not all 0, got {table}")
-    return Calibrated(fit=fit, startup_s=startup, source=str(path))
+    return Calibrated(fit=fit, startup_s=startup)
 
 
 def problem_seconds(config: Config, fit: StepFit, candidates: int, rounds: int) -> float:

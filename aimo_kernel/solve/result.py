@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from aimo_kernel.config import Config, TIRConfig
 from aimo_kernel.config.schema import VoteConfig, candidates_in_all
 from aimo_kernel.core.answers import AnswerRule, VoteResult, majority_vote
-from aimo_kernel.core.confidence import vote_weights
+from aimo_kernel.core.confidence import mode_weights
 from aimo_kernel.engine.base import PromptFormat, SamplingParams
 from aimo_kernel.solve.candidate import MIN_NEW_TOKENS, Candidate, CandidateResult
 from aimo_kernel.solve.dialect import Dialect
@@ -82,11 +82,8 @@ def sampling_params(config: Config, dialect: Dialect) -> SamplingParams:
 
 def candidate_weights(results: Sequence[CandidateResult], vote: VoteConfig) -> list[float] | None:
     """The vote weights of ``vote.mode``: None (one vote each) for ``majority``."""
-    if vote.mode == "majority":
-        return None
-    return vote_weights([r.confidence for r in results], [r.code_verified for r in results],
-                        signal=vote.confidence, power=vote.confidence_power, floor=vote.confidence_floor,
-                        code_bonus=vote.code_bonus, answers=[r.answer for r in results])
+    return mode_weights(vote, [r.confidence for r in results], [r.code_verified for r in results],
+                        answers=[r.answer for r in results])
 
 
 def seed_base(config: Config, problem: str) -> int:
