@@ -1,6 +1,4 @@
-import sys
-
-from aimo_kernel.cli import main
+from aimo_kernel.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

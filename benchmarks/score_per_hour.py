@@ -27,9 +27,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib.util
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aimo_kernel.config import Config
@@ -43,6 +46,7 @@ from aimo_kernel.solve.pipeline import Solver
 class Item:
     text: str
     answer: int
+    kind: str  # easy/medium/hard (simulated), synthetic/competition (vllm-cpu): the breakdown's rows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,11 +58,39 @@ class Score:
     wall: float
     overran: bool
     tokens: int
+    kinds: tuple[tuple[str, int, int, float], ...] = ()  # (kind, right, answered, seconds) per problem kind
 
     def line(self, total: int) -> str:
         state = "OVERRAN (scores 0)" if self.overran else "inside"
+        where = "  ".join(f"{kind} {right}/{count} in {seconds:.1f} s" for kind, right, count, seconds in self.kinds)
         return (f"  {self.policy:<7} N={self.n:<3} right {self.right:3d}/{total}  wall {self.wall:8.1f} s  "
-                f"tokens {self.tokens:8d}  {state}")
+                f"tokens {self.tokens:8d}  {state}\n            {where}")
+
+
+class Tally:
+    """Right answers, problems answered and seconds spent, per problem kind."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[float]] = {}
+        self.tokens = 0
+
+    def add(self, item: Item, result: Any, seconds: float) -> None:
+        row = self.rows.setdefault(item.kind, [0, 0, 0.0])
+        row[0] += result.answer == item.answer
+        row[1] += 1
+        row[2] += seconds
+        self.tokens += result.tokens_generated
+
+    @property
+    def right(self) -> int:
+        return int(sum(r[0] for r in self.rows.values()))
+
+    @property
+    def answered(self) -> int:
+        return int(sum(r[1] for r in self.rows.values()))
+
+    def kinds(self) -> tuple[tuple[str, int, int, float], ...]:
+        return tuple((k, int(r[0]), int(r[1]), r[2]) for k, r in sorted(self.rows.items()))
 
 
 def numina_config(cfg: Config, n: int) -> Config:
@@ -88,18 +120,17 @@ async def numina(engine: Any, sandbox: Any, cfg: Config, items: Sequence[Item], 
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     solver = Solver(engine, sandbox, cfg)
-    right = answered = tokens = 0
+    tally = Tally()
     for item in items:
         if loop.time() - t0 > deadline:
             break  # already overran: the run scores nothing, stop spending time on it
+        started = loop.time()
         result = await solver.solve(item.text, seconds=10 * deadline)  # no budget: the rounds decide
-        answered += 1
-        right += result.answer == item.answer
-        tokens += result.tokens_generated
+        tally.add(item, result, loop.time() - started)
     wall = loop.time() - t0
     overran = wall > deadline
-    return Score(policy="numina", n=cfg.tir.num_candidates, right=0 if overran else right, answered=answered,
-                 wall=wall, overran=overran, tokens=tokens)
+    return Score(policy="numina", n=cfg.tir.num_candidates, right=0 if overran else tally.right,
+                 answered=tally.answered, wall=wall, overran=overran, tokens=tally.tokens, kinds=tally.kinds())
 
 
 async def ours(engine: Any, sandbox: Any, cfg: Config, items: Sequence[Item], deadline: float) -> Score:
@@ -108,18 +139,17 @@ async def ours(engine: Any, sandbox: Any, cfg: Config, items: Sequence[Item], de
     t0 = loop.time()
     planner = BudgetPlanner(cfg.budget, cfg.tir, start=t0, clock=loop.time)
     solver = Solver(engine, sandbox, cfg)
-    right = answered = tokens = 0
+    tally = Tally()
     for item in items:
         plan = planner.plan()
         started = loop.time()
         result = await solver.solve(item.text, seconds=plan.seconds, effort=effort_for(cfg, plan))
         planner.done(plan.seconds, loop.time() - started)
-        answered += 1
-        right += result.answer == item.answer
-        tokens += result.tokens_generated
+        tally.add(item, result, loop.time() - started)
     wall = loop.time() - t0
-    return Score(policy="ours", n=cfg.tir.num_candidates, right=right, answered=answered, wall=wall,
-                 overran=wall > deadline, tokens=tokens)
+    overran = wall > deadline
+    return Score(policy="ours", n=cfg.tir.num_candidates, right=0 if overran else tally.right,
+                 answered=tally.answered, wall=wall, overran=overran, tokens=tally.tokens, kinds=tally.kinds())
 
 
 def smaller(n: int) -> list[int]:
@@ -158,7 +188,7 @@ def sim_items(problems: int, seed: int) -> tuple[list[Item], Any]:
     from aimo_kernel.testing.simulation import mixed_responder, problem_mix
 
     mix = problem_mix(problems, seed)
-    return [Item(text=p.text, answer=p.answer) for p in mix], mixed_responder(mix)
+    return [Item(text=p.text, answer=p.answer, kind=p.kind) for p in mix], mixed_responder(mix)
 
 
 def sim_compare(problems: int, fraction: float, cfg: Config, seed: int = 0
@@ -189,15 +219,34 @@ def part_sim(problems: int, fraction: float, seed: int = 0, preset: str = "aimo1
     report(f"simulated 2xT4 ({preset}, virtual time)", items, deadline, best, mine, tried)
 
 
-def part_cpu(problems: int, fraction: float) -> None:
+def synthetic_items(count: int, seed: int) -> list[Item]:
+    """The bundled held-out sample (``count`` 0), or ``count`` new held-out problems of ``tools/synth_tir.py``."""
+    from aimo_kernel.run.problems import bundled_problems_path, read_problems
+
+    if not count:
+        return [Item(text=r.problem, answer=int(r.answer), kind="synthetic")
+                for r in read_problems(bundled_problems_path("sample")) if r.answer is not None]
+    path = Path(__file__).resolve().parents[1] / "tools" / "synth_tir.py"
+    spec = importlib.util.spec_from_file_location("synth_tir", path)
+    assert spec is not None and spec.loader is not None
+    synth = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(synth)
+    return [Item(text=e.problem, answer=e.answer, kind="synthetic")
+            for e in synth.generate("heldout", count, seed=seed + 100)]
+
+
+def part_cpu(problems: int, fraction: float, seed: int = 0, preset: str = "cpu", synthetic: int = 0) -> None:
     from aimo_kernel.engine import get_engine
     from aimo_kernel.run.problems import bundled_problems_path, read_problems
     from aimo_kernel.run.runner import LoopThread
     from aimo_kernel.sandbox import make_sandbox
 
-    cfg = get_preset("cpu")
-    rows = read_problems(bundled_problems_path("sample")) + read_problems(bundled_problems_path("competition-sample"))
-    items = [Item(text=r.problem, answer=int(r.answer)) for r in rows if r.answer is not None][:problems]
+    cfg = get_preset(preset)
+    competition = [Item(text=r.problem, answer=int(r.answer), kind="competition")
+                   for r in read_problems(bundled_problems_path("competition-sample")) if r.answer is not None]
+    items = synthetic_items(synthetic, seed) + competition
+    # the gateway serves the problems in an order of its own: easy and hopeless ones mixed
+    items = random.Random(seed).sample(items, min(problems, len(items)))
     loop = LoopThread()
 
     async def create() -> Any:
@@ -214,7 +263,7 @@ def part_cpu(problems: int, fraction: float) -> None:
             return loop.run(policy(engine, sandbox, c, items, deadline), timeout=3600)  # type: ignore[no-any-return]
 
         deadline, best, mine, tried = compare(run, cfg, fraction)
-        report("vllm-cpu, tiny model (cpu preset)", items, deadline, best, mine, tried)
+        report(f"vllm-cpu, {cfg.engine.model} ({preset} preset)", items, deadline, best, mine, tried)
     finally:
         sandbox.close()
         engine.close()
@@ -226,12 +275,15 @@ def main() -> None:
     parser.add_argument("--engine", choices=("sim", "cpu", "both"), default="both")
     parser.add_argument("--fraction", type=float, default=0.5, help="deadline as a share of full fixed effort")
     parser.add_argument("--problems", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0, help="the simulated problem mix")
+    parser.add_argument("--seed", type=int, default=0, help="the simulated problem mix; the order of the CPU problems")
+    parser.add_argument("--preset", choices=("cpu", "cpu-tools"), default="cpu", help="the CPU part's preset")
+    parser.add_argument("--synthetic", type=int, default=0, help="CPU part: this many new held-out synthetic "
+                        "problems instead of the bundled ten (the competition sample is always added)")
     args = parser.parse_args()
     if args.engine in ("sim", "both"):
         part_sim(args.problems, args.fraction, args.seed)
     if args.engine in ("cpu", "both"):
-        part_cpu(args.problems, args.fraction)
+        part_cpu(args.problems, args.fraction, args.seed, args.preset, args.synthetic)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from aimo_kernel.config import EngineConfig
+from aimo_kernel.config import ConfigError, EngineConfig
 from aimo_kernel.config.presets import get_preset
 from aimo_kernel.engine import EngineError, engine_kinds, get_engine
 from aimo_kernel.engine.vllm_backend import engine_args, engine_env, supported_args
@@ -61,7 +61,7 @@ def test_cpu_preset_avoids_the_seed_plus_chunked_prefill_crash():
     assert args["enable_chunked_prefill"] is False
     assert args["max_num_batched_tokens"] >= 16384
     assert args["dtype"] == "float32"
-    assert "attention_backend" not in args and "distributed_executor_backend" not in args
+    assert "attention_backend" not in args and args["distributed_executor_backend"] == "uni"
 
 
 def test_engine_env():
@@ -69,7 +69,16 @@ def test_engine_env():
     assert cpu == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     t4 = engine_env(get_preset("aimo1-t4x2").engine)
     assert t4["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
-    assert engine_env(get_preset("cpu").engine, streaming=True)["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    # vllm-cpu turns "uni" into "mp" while the switch is on; a streaming engine's core is its own process anyway
+    assert engine_env(get_preset("cpu").engine, streaming=True)["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    mp = dataclasses.replace(get_preset("cpu").engine, distributed_executor_backend="")
+    assert engine_env(mp, streaming=True)["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert engine_env(get_preset("aimo3-h100").engine, streaming=True)["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+
+
+def test_a_single_process_executor_cannot_run_tensor_parallel():
+    with pytest.raises(ConfigError, match=r"distributed_executor_backend 'uni'.*tensor_parallel_size must be 1, got 2"):
+        dataclasses.replace(get_preset("aimo1-t4x2").engine, distributed_executor_backend="uni")
 
 
 def test_engine_env_is_set_per_engine_and_a_users_own_setting_wins(monkeypatch):
@@ -80,7 +89,8 @@ def test_engine_env_is_set_per_engine_and_a_users_own_setting_wins(monkeypatch):
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "7")  # the user's own
     vllm_backend.apply_env(engine_env(get_preset("cpu").engine))  # offline, in process
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
-    vllm_backend.apply_env(engine_env(get_preset("cpu").engine, streaming=True))  # a later streaming engine
+    mp = dataclasses.replace(get_preset("cpu").engine, distributed_executor_backend="mp")
+    vllm_backend.apply_env(engine_env(mp, streaming=True))  # a later streaming engine
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "7"
 
@@ -118,7 +128,6 @@ def test_import_is_light():
 
 
 def test_a_registered_backend_is_accepted_by_config_and_reports_streaming():
-    from aimo_kernel.config import EngineConfig
     from aimo_kernel.engine.registry import engine_kinds, engine_spec, is_streaming, register_engine, unregister_engine
 
     register_engine("custom-test", "aimo_kernel.testing.fake:create_async_engine", streaming=True)

@@ -291,7 +291,9 @@ def test_every_engine_argument_of_every_preset_becomes_a_flag(preset):
                                                                 "enforce_eager"))
         else:
             assert command[command.index(flag) + 1] == str(value)
-    assert "VLLM_CPU_KVCACHE_SPACE" in env and "VLLM_ENABLE_V1_MULTIPROCESSING" not in env
+    # the server's engine core runs apart; the switch only keeps vllm-cpu from spawning a worker for "uni"
+    single = config.engine.distributed_executor_backend == "uni"
+    assert "VLLM_CPU_KVCACHE_SPACE" in env and env["VLLM_ENABLE_V1_MULTIPROCESSING"] == ("0" if single else "1")
 
 
 def test_flags_this_vllm_does_not_know_are_left_out():

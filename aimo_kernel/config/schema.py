@@ -353,6 +353,9 @@ class EngineConfig:
                      "enforce_eager", "in_process"):
             _check_bool(self, flag)
         _check_choice(self, "distributed_executor_backend", ("", "mp", "ray", "uni"))
+        if self.distributed_executor_backend == "uni" and self.tensor_parallel_size > 1:
+            raise ConfigError("EngineConfig.distributed_executor_backend 'uni' runs one worker: "
+                              f"tensor_parallel_size must be 1, got {self.tensor_parallel_size}")
         _check_range(self, "swap_space_gib", 0.0, 1024.0)
         _check_range(self, "cpu_kvcache_gib", 0.0625, 1024.0)
         _check_range(self, "load_timeout_s", 1.0, 24 * 3600.0)

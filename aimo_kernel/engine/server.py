@@ -82,8 +82,7 @@ def serve_command(config: Config, model_path: str, *, port: int, known: set[str]
     dropped: dict[str, Any] = {}
     if known is not None:
         args, dropped = supported_args(args, known)
-    env = engine_env(cfg)
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server's async engine runs its core apart
+    env = engine_env(cfg, streaming=True)  # the server's async engine runs its core apart
     env["PYTHONUNBUFFERED"] = "1"  # the log file holds the last lines before a crash, not a lost buffer
     if "attention_backend" in dropped:
         env["VLLM_ATTENTION_BACKEND"] = str(dropped["attention_backend"])

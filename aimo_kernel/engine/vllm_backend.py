@@ -67,12 +67,25 @@ def engine_env(cfg: EngineConfig, *, streaming: bool = False) -> dict[str, str]:
     Each is given explicitly (never left to whatever an earlier engine in this process set), so an
     offline in-process engine followed by a streaming one does not leak its multiprocessing switch.
     """
-    in_process = cfg.in_process and not streaming  # the streaming engine always runs its core in another process
     return {
         # GiB of KV cache for the CPU build; without it start-up fails on memory. GPU builds ignore it.
         "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.cpu_kvcache_gib))),
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if in_process else "1",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if _single_process(cfg, streaming) else "1",
     }
+
+
+def _single_process(cfg: EngineConfig, streaming: bool) -> bool:
+    """The value of vLLM's multiprocessing switch for this engine.
+
+    A blocking engine reads it to run its core in this process or not. A streaming engine (and a
+    server) always runs its core in a process of its own and reads it only on vLLM's CPU build, which
+    turns a ``uni`` executor into ``mp`` while it is on: one more spawned process that imports torch
+    and vLLM again (~8 s) and whose shared-memory readers spin on the two cores the sandbox needs.
+    Off, the model runs inside the engine core process, as it does on one GPU by default.
+    """
+    if streaming:
+        return cfg.distributed_executor_backend == "uni"
+    return cfg.in_process
 
 
 _SET_BY_US: dict[str, str] = {}
