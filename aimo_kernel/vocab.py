@@ -15,6 +15,7 @@ class StopReason(StrEnum):
 
     FINISHED = "finished"  # every candidate ended on its own
     AGREEMENT = "agreement"  # the vote was decided early by an agreement rule
+    SCATTERED = "scattered"  # the answers disagreed past vote.give_up_rule: the time left goes to later problems
     DEADLINE = "deadline"  # the problem's time ran out (in flight, or before a candidate's code could start)
     STALL = "stall"  # no candidate made progress for the stall timeout
     PROMPT_TOO_LONG = "prompt_too_long"

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from aimo_kernel.config import VoteConfig
+from aimo_kernel.config import ConfigError, VoteConfig
 from aimo_kernel.core.agreement import DECIDED, AgreementTracker
 from aimo_kernel.core.confidence import Confidence
 
@@ -64,3 +64,31 @@ def test_the_code_bonus_counts_in_the_weighted_lead() -> None:
     assert totals == {7: 2.0, 3: 3.0} and heaviest == 3.0
     assert tracker.decided(still_to_come=0) == DECIDED
     assert tracker.decided(still_to_come=1) == ""
+
+
+# (give-up rule, answers so far, richness, gives up): answers scattered past "k/n" end the problem
+GIVE_UP = [
+    ("2/4", [1, 2, 3, 4], 1.0, True),  # four answers, none twice
+    ("2/4", [1, 2, 3], 1.0, False),  # not yet four
+    ("2/4", [1, 2, 1, 4], 1.0, False),  # one answer has two votes
+    ("3/5", [1, 2, 1, 4, 5], 1.0, True),  # two votes are fewer than three
+    ("2/4", [1, 2, 3, 4, 5, 6, 7], 2.0, False),  # ahead of schedule: n is doubled to 8, k kept
+    ("2/4", [1, 2, 3, 4, 5, 6, 7, 8], 2.0, True),
+    ("", [1, 2, 3, 4, 5, 6, 7, 8], 1.0, False),  # no rule, no giving up
+]
+
+
+@pytest.mark.parametrize(("rule", "answers", "richness", "gives_up"), GIVE_UP)
+def test_scattered_answers_give_up(rule: str, answers: list[int], richness: float, gives_up: bool) -> None:
+    for vote in (MAJORITY, WEIGHTED):  # counted, not weighed, in either mode
+        tracker = AgreementTracker(dataclasses.replace(vote, give_up_rule=rule), richness=richness)
+        tracker.add(None)  # a candidate without an answer is no answer
+        for answer in answers:
+            tracker.add(answer, conf(3 if answer == 1 else 1))
+        assert tracker.scattered() is gives_up, vote.mode
+
+
+@pytest.mark.parametrize("rule", ["1/4", "5/4", "2", "two/four", "0/0"])
+def test_a_give_up_rule_needs_k_of_at_least_two(rule: str) -> None:
+    with pytest.raises(ConfigError, match="give_up_rule"):
+        VoteConfig(give_up_rule=rule)

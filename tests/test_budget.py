@@ -12,7 +12,7 @@ import pytest
 from aimo_kernel.config import BudgetConfig, Config, ConfigError, TIRConfig, load_config
 from aimo_kernel.config.presets import get_preset
 from aimo_kernel.config.schema import CALL_DEADLINE_S, CALL_MARGIN_S
-from aimo_kernel.core.budget import SPEED_LEVELS, BudgetPlanner, call_deadline, effort, speed_level
+from aimo_kernel.core.budget import SPEED_LEVELS, BudgetPlanner, Outcome, call_deadline, effort, speed_level
 from aimo_kernel.testing.simulation import FakeClock, simulate_run
 
 
@@ -259,3 +259,78 @@ def test_a_calibration_overrides_the_share_heuristic_both_ways():
     assert _second_plan((500.0, 80.0, 3.0, 2.0), late_by=0.0)[0] == 1  # ...which would not fit its 90 s
     with pytest.raises(ValueError, match="one projection per speed level"):
         BudgetPlanner(BudgetConfig(), TIRConfig(), start=0.0, level_seconds=(1.0,))
+
+
+STARVED = Outcome(timed_out=True, candidates=48, answered=0, tokens_per_open=10.0)
+EASY = Outcome(timed_out=False, candidates=48, answered=48, tokens_per_answer=30.0)
+FULL = Outcome(timed_out=True, candidates=48, answered=30, tokens_per_open=20.0, tokens_per_answer=60.0)
+
+
+def _levels(p: BudgetPlanner, clock: FakeClock, outcomes: list[Outcome]) -> list[int]:
+    """The speed level of each problem, each ending with its outcome (EASY in 30% of its time, else all)."""
+    levels = []
+    for outcome in outcomes:
+        plan = p.plan()
+        levels.append(plan.speed_level)
+        used = plan.seconds * (0.3 if outcome is EASY else 1.0)
+        clock.now += used
+        p.done(plan.seconds, used, outcome)
+    return levels
+
+
+def test_starved_problems_lower_the_effort_until_problems_have_time_to_spare():
+    clock = FakeClock()
+    p = planner(clock, num_problems=12)
+    levels = _levels(p, clock, [STARVED] * 4 + [EASY] * 6)
+    assert levels[:4] == [0, 0, 1, 1]  # two starved at a level: one level lower for the ones after
+    assert levels[4:] == [2, 2, 2, 1, 1, 1]  # back up one level per three problems in a row with time to spare
+    assert p.plan().num_candidates == 48
+
+
+def test_a_hopeless_problem_among_answered_ones_keeps_the_effort():
+    clock = FakeClock()
+    p = planner(clock)
+    assert _levels(p, clock, [STARVED, FULL, FULL, STARVED, FULL, FULL, STARVED]) == [0] * 7
+    assert p.plan().speed_level == 0
+
+
+def test_a_problem_that_used_its_time_resets_the_recovery():
+    clock = FakeClock()
+    p = planner(clock)
+    _levels(p, clock, [STARVED, STARVED, EASY, EASY, FULL, EASY, EASY])
+    assert p.plan().speed_level == 1  # the full-time problem broke the run of three
+
+
+# (outcome, what answering candidates wrote before it (None: nobody answered yet), starved)
+STARVATION = [
+    (STARVED, None, True),  # nothing answered yet: fewer candidates are the one way to get an answer
+    (STARVED, 30.0, True),  # 10 tokens each where an answer takes 30
+    (Outcome(timed_out=True, candidates=8, answered=3, tokens_per_open=10.0, tokens_per_answer=30.0), 30.0,
+     True),  # three of eight answered, the other five were cut off early
+    (Outcome(timed_out=True, candidates=8, answered=4, tokens_per_open=10.0, tokens_per_answer=30.0), 30.0,
+     False),  # half answered: enough votes
+    (Outcome(timed_out=True, candidates=8, answered=0, tokens_per_open=400.0), 30.0, False),  # hard: long, no answer
+    (Outcome(timed_out=False, candidates=8, answered=0, tokens_per_open=10.0), 30.0, False),  # ended on its own
+]
+
+
+@pytest.mark.parametrize(("outcome", "answer_tokens", "starved"), STARVATION)
+def test_starved_means_fewer_candidates_would_have_answered(outcome, answer_tokens, starved):
+    p = planner(FakeClock())
+    if answer_tokens is not None:
+        p.done(10.0, 10.0, Outcome(timed_out=False, candidates=4, answered=4, tokens_per_answer=answer_tokens))
+    p.done(10.0, 10.0, outcome)
+    assert p.starved(outcome) is starved
+
+
+def test_starving_below_the_lowest_level_halves_the_candidates_down_to_one():
+    clock = FakeClock()
+    p = planner(clock, num_problems=40, min_problem_seconds=1.0)
+    for _ in range(20):
+        plan = p.plan()
+        clock.now += plan.seconds
+        p.done(plan.seconds, plan.seconds, STARVED)
+    lowest = len(SPEED_LEVELS) - 1
+    plan = p.plan()
+    assert plan.speed_level == lowest and plan.num_candidates == 1  # 48 → 16 at the lowest level → 8, 4, 2, 1
+    assert plan.max_rounds == effort(TIRConfig(num_candidates=48, max_rounds=4), lowest)[1]

@@ -13,6 +13,7 @@ import pytest
 from test_solver import ANSWER_TURN, CODE_TURN, FakeSandbox, _ok, config
 
 from aimo_kernel.config import BudgetConfig, Config
+from aimo_kernel.core.budget import Outcome
 from aimo_kernel.engine.base import Generation, GenerationRequest, SamplingParams
 from aimo_kernel.run.runner import Runner
 from aimo_kernel.run.trace import TRACE_VERSION, ProblemTrace, append_trace, read_trace
@@ -233,6 +234,22 @@ def test_an_agreement_stop_names_its_rule_separately():
         SolveResult(answer=5, vote=vote, stop_reason="agreement")
     with pytest.raises(ValueError, match="agreement_rule"):
         SolveResult(answer=5, vote=vote, stop_reason="deadline", agreement_rule="4/5")
+
+
+def test_the_outcome_for_the_planner_counts_answers_and_tokens():
+    from aimo_kernel.core.answers import majority_vote
+    from aimo_kernel.solve.candidate import CandidateResult
+
+    def cand(answer, tokens):
+        return CandidateResult(index=0, answer=answer, status=CandidateStatus.DONE, reason=CandidateReason.EOS,
+                               rounds=1, restarts=0, code_blocks=0, tokens=tokens, text="")
+
+    cands = (cand(5, 30), cand(None, 50), cand(7, 10))
+    vote = majority_vote([5, 7], fallback=0)
+    out = SolveResult(answer=5, vote=vote, candidates=cands, tokens_generated=90, stop_reason="deadline").outcome()
+    assert out == Outcome(timed_out=True, candidates=3, answered=2, tokens_per_open=50.0, tokens_per_answer=20.0)
+    none = SolveResult(answer=0, vote=majority_vote([], fallback=0), stop_reason="stall").outcome()
+    assert none == Outcome(timed_out=False, candidates=0, answered=0)
 
 
 # -- the trace record ---------------------------------------------------------------------------------

@@ -158,9 +158,10 @@ def test_bad_gold_answers(answers, rule, fragment):
 
 def test_eval_config_lets_exactly_n_candidates_finish():
     base = get_preset("aimo1-t4x2")
+    base = dataclasses.replace(base, vote=dataclasses.replace(base.vote, give_up_rule="2/5"))
     cfg = eval_config(base, EvalOptions(candidates=16, per_problem_seconds=20.0))
     assert (cfg.tir.num_candidates, cfg.tir.max_candidates) == (16, 16)
-    assert cfg.vote.agreement_rules == () and cfg.vote.stop_when_decided is False
+    assert cfg.vote.agreement_rules == () and cfg.vote.stop_when_decided is False and cfg.vote.give_up_rule == ""
     assert cfg.budget.per_problem_seconds == 20.0 and cfg.budget.min_problem_seconds <= 20.0
     same = eval_config(base, EvalOptions())
     assert same.tir.num_candidates == base.tir.num_candidates == same.tir.max_candidates

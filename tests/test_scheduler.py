@@ -159,3 +159,25 @@ def test_the_admission_window_releases_requests_that_arrive_together_at_once():
         return asyncio.get_running_loop().time() - t0
 
     assert 0.03 < asyncio.run(cancelled_waiter_keeps_the_window()) < 0.5
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_scattered_answers_give_up_and_keep_their_vote(mode):
+    answers = iter(f"\\boxed{{{n}}}" for n in range(100))  # every candidate a different answer
+    engine = FakeAsyncEngine(lambda req: next(answers))
+    cfg = config(mode, no_code_policy="keep", num_candidates=4, max_candidates=12)
+    cfg = dataclasses.replace(cfg, vote=dataclasses.replace(cfg.vote, give_up_rule="2/4"))
+    result, _ = solve(engine, cfg)
+    assert result.stop_reason == "scattered" and result.agreement_rule == ""
+    assert len(result.candidates) == 4 and sum(result.vote.counts.values()) == 4  # no replacements launched
+    assert result.answer in result.vote.counts  # the vote of what came in, not a fallback
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_tokens_of_generations_cut_off_by_the_deadline_still_count(mode):
+    engine = FakeAsyncEngine(lambda req: "x" * 4000 + "\\boxed{7}", seconds_per_token=0.001, chunk=16)
+    result, _ = solve(engine, config(mode), seconds=0.3)
+    assert result.stop_reason == "deadline" and not result.vote.counts
+    # four candidates streamed ~0.3 s at ~1000 tokens/s each: what they wrote is counted, not 0
+    assert all(c.tokens >= 64 for c in result.candidates) and result.tokens_generated >= 4 * 64
+    assert result.outcome().timed_out and result.outcome().tokens_per_open >= 64

@@ -18,11 +18,12 @@ from aimo_kernel.config.schema import (
     TIRConfig,
     VoteConfig,
     parse_agreement_rule,
+    parse_give_up_rule,
 )
 
 __all__ = [
     "COMPETITIONS", "DTYPES", "GPTQ_KERNELS", "NO_CODE_POLICIES", "QUANTIZATIONS", "SECTIONS",
     "TIE_BREAKS", "BudgetConfig", "Config", "ConfigError", "EngineConfig", "SamplingConfig", "SandboxConfig",
     "TIRConfig", "VoteConfig", "apply_overrides", "load_config", "merge", "parse_override", "parse_agreement_rule",
-    "read_toml", "to_toml",
+    "parse_give_up_rule", "read_toml", "to_toml",
 ]

@@ -236,6 +236,9 @@ class VoteConfig:
     # stop_when_decided stops once the leader cannot be overtaken by the candidates still running.
     agreement_rules: tuple[str, ...] = ()
     stop_when_decided: bool = True
+    # Give up: "k/n" stops once n answers are in and none has k votes (k ≥ 2): answers that scattered
+    # are unlikely to agree with more candidates, and the time left is carried forward to later problems.
+    give_up_rule: str = ""
     # Selection: "majority" counts every answer once; "weighted" weighs it by its candidate's confidence
     # (aimo_kernel.core.confidence): max(uncertainty, confidence_floor) ** -confidence_power, where the
     # uncertainty is the ``confidence`` signal, times code_bonus when the candidate's own code printed the
@@ -264,6 +267,8 @@ class VoteConfig:
         for rule in self.agreement_rules:
             parse_agreement_rule(rule)
         _check_bool(self, "stop_when_decided")
+        if self.give_up_rule and parse_give_up_rule(self.give_up_rule)[0] < 2:
+            raise ConfigError(f"VoteConfig.give_up_rule needs k in [2, n] ('k/n'), got {self.give_up_rule!r}")
 
 
     def _check_selection(self) -> None:
@@ -278,7 +283,7 @@ class VoteConfig:
         _check_range(self, "code_bonus", 0.0, 1000.0)
 
 
-def parse_agreement_rule(rule: object) -> tuple[int, int]:
+def parse_agreement_rule(rule: object, field: str = "agreement_rules entries") -> tuple[int, int]:
     """``"k/n"`` -> (k, n) with 1 ≤ k ≤ n; a clear error otherwise."""
     k_text, sep, n_text = str(rule).partition("/")
     try:
@@ -286,8 +291,13 @@ def parse_agreement_rule(rule: object) -> tuple[int, int]:
     except ValueError:
         k = n = 0
     if not isinstance(rule, str) or not sep or not 1 <= k <= n <= 100_000:
-        raise ConfigError(f"VoteConfig.agreement_rules entries must look like 'k/n' with 1 <= k <= n, got {rule!r}")
+        raise ConfigError(f"VoteConfig.{field} must look like 'k/n' with 1 <= k <= n, got {rule!r}")
     return k, n
+
+
+def parse_give_up_rule(rule: object) -> tuple[int, int]:
+    """``vote.give_up_rule`` "k/n" -> (k, n)."""
+    return parse_agreement_rule(rule, "give_up_rule")
 
 
 DTYPES = ("auto", "half", "float16", "bfloat16", "float32")

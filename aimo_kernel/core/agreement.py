@@ -11,6 +11,9 @@ never agreed on), and *decided* needs a weighted lead larger than the candidates
 bring, each counted as heavy as the heaviest vote so far (the bound ``confidence_floor ** -power``
 would be 100 votes' worth by default and would never stop anything; the heaviest seen is what the
 same model on the same problem gives).
+A third rule gives up instead (``vote.give_up_rule`` "k/n": n answers in and none with k votes):
+answers that scattered that far rarely converge with more candidates, and the time left is carried
+forward to the problems after. It loosens when the run is ahead of schedule (n scaled up, k kept).
 The rule that decided is returned on its own (``"4/5"``, :data:`DECIDED`); the solver reports it next
 to the stop reason ``agreement`` (:class:`aimo_kernel.vocab.StopReason`), never inside it.
 """
@@ -21,7 +24,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from aimo_kernel.config import VoteConfig, parse_agreement_rule
+from aimo_kernel.config import VoteConfig, parse_agreement_rule, parse_give_up_rule
 from aimo_kernel.core.confidence import Confidence, mode_weights
 
 MAX_TIGHTENING = 4.0  # rules are never scaled by more than this
@@ -39,6 +42,8 @@ class AgreementTracker:
             (tightened(k, richness), tightened(n, richness)) for k, n in map(parse_agreement_rule, vote.agreement_rules)
         ]
         self.stop_when_decided = vote.stop_when_decided
+        k, n = parse_give_up_rule(vote.give_up_rule) if vote.give_up_rule else (0, 0)
+        self.give_up: tuple[int, int] | None = (k, tightened(n, richness)) if k else None
         self.vote = vote
         self.counts: Counter[int] = Counter()
         self.answered = 0
@@ -87,3 +92,10 @@ class AgreementTracker:
         if self.stop_when_decided and heavy[0] - heavy[1] > still_to_come * most_per_vote:
             return DECIDED
         return ""
+
+    def scattered(self) -> bool:
+        """True once the give-up rule's n answers are in and no answer has its k votes (counted, not weighed)."""
+        if self.give_up is None:
+            return False
+        k, n = self.give_up
+        return self.answered >= n and max(self.counts.values(), default=0) < k

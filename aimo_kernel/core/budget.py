@@ -8,6 +8,18 @@ reserve for one engine restart). Time a problem does not use stays in "time left
 is carried forward to the problems after it. When the share falls behind the even share the run
 started with, a *speed level* lowers the number of candidates and rounds.
 
+A problem *starved* when its time ran out before half of its candidates answered while the others had
+written fewer tokens each than the run's answering candidates needed (or none had answered yet): fewer
+candidates would have answered, so its effort did not fit the time on this machine, whatever the share
+or the calibration said. Once more than half of the problems (two at least) since the last change
+starved, later problems are planned one speed level lower (below the lowest, with half the candidates,
+down to one); the level comes back up one step after ``RECOVER_AFTER`` problems in a row that ended
+using under half their time. A hopeless problem starves at any effort, so one among answered problems
+changes nothing. A hard problem whose open candidates wrote more than an answer takes and still did not
+answer is not starved: fewer of them would not have answered either (on a GPU a batch of 8 decodes
+nearly as fast per sequence as a batch of 2); on a machine whose throughput the batch shares (a CPU),
+full effort inside a small share can leave every problem without an answer.
+
 Every ``predict`` call after the first also has the gateway's own deadline (AIMO2 1800 s, AIMO3 9 h,
 AIMO1 none; past it the whole submission fails): :meth:`BudgetPlanner.plan` takes the call's hard
 end (:func:`call_deadline`), and a problem never gets more than fits before it, whatever was carried
@@ -38,6 +50,7 @@ MIN_USE_RATIO = 0.25  # never plan as if later problems will need less than a qu
 # that end up not needing it is lost at the end of the run, while a problem short of time still gets
 # its floor and a lower speed level.
 OPTIMISM = 0.7
+RECOVER_AFTER = 3  # problems in a row with time to spare before a starved run's effort goes back up a level
 
 SPEED_LEVELS: tuple[tuple[float, float, int], ...] = (
     (0.8, 1.0, 0),
@@ -45,6 +58,17 @@ SPEED_LEVELS: tuple[tuple[float, float, int], ...] = (
     (0.3, 0.5, 1),
     (0.0, 0.33, 2),
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """How a problem ended, as far as planning the next ones cares."""
+
+    timed_out: bool  # stopped by its deadline
+    candidates: int  # candidates started
+    answered: int  # of them, how many answered
+    tokens_per_open: float = 0.0  # mean tokens written by the candidates without an answer (0: none)
+    tokens_per_answer: float = 0.0  # mean tokens written by the answering candidates (0: none)
 
 
 @dataclass(frozen=True)
@@ -104,6 +128,13 @@ class BudgetPlanner:
         self.even_share: float | None = None  # fixed at the first plan, after the model has loaded
         self.given_total = 0.0
         self.used_total = 0.0
+        self.backoff = 0  # speed levels below the plan's, after starved problems
+        self._comfortable = 0  # problems in a row that used under half their time
+        self._at_level = [0, 0]  # problems since the last change of backoff, and how many of them starved
+        lowest = len(SPEED_LEVELS) - 1  # below the lowest level each step halves the candidates, down to one
+        self._max_backoff = lowest + (effort(tir, lowest)[0] - 1).bit_length()
+        self._answers = 0  # answering candidates so far, and their tokens: what an answer takes here
+        self._answer_tokens = 0.0
 
     def use_ratio(self) -> float:
         """How much of what problems were given they used so far (1 before any finished).
@@ -115,10 +146,39 @@ class BudgetPlanner:
             return 1.0
         return min(1.0, max(MIN_USE_RATIO, OPTIMISM * self.used_total / self.given_total))
 
-    def done(self, given: float, used: float) -> None:
-        """Record how much of its budget a problem used."""
+    def starved(self, outcome: Outcome) -> bool:
+        """Time ran out with most candidates still short of what an answer takes in this run (or of any answer
+        yet): fewer candidates would have answered. Call after :meth:`done` has counted the problem's answers."""
+        if not outcome.timed_out or 2 * outcome.answered >= outcome.candidates:
+            return False
+        return not self._answers or outcome.tokens_per_open < self._answer_tokens / self._answers
+
+    def done(self, given: float, used: float, outcome: Outcome | None = None) -> None:
+        """Record how much of its budget a problem used and how it ended (none: it counts for time only)."""
         self.given_total += max(0.0, given)
         self.used_total += max(0.0, min(used, given))
+        if outcome is None:
+            return
+        self._answers += outcome.answered
+        self._answer_tokens += outcome.answered * outcome.tokens_per_answer
+        starved = self.starved(outcome)
+        self._adjust(starved, comfortable=not starved and used < 0.5 * given)
+
+    def _adjust(self, starved: bool, *, comfortable: bool) -> None:
+        """One level lower once most problems at this level starved; one higher after a run of comfortable ones.
+
+        A hopeless problem starves at any effort: one among answered ones must not lower the effort."""
+        self._at_level[0] += 1
+        self._at_level[1] += starved
+        self._comfortable = self._comfortable + 1 if comfortable else 0
+        problems, hungry = self._at_level
+        if problems >= 2 and 2 * hungry > problems and self.backoff < self._max_backoff:
+            self.backoff += 1
+        elif self.backoff and self._comfortable >= RECOVER_AFTER:
+            self.backoff -= 1
+        else:
+            return
+        self._at_level, self._comfortable = [0, 0], 0
 
     def problems_left(self) -> int:
         return max(1, self.num_problems - self.planned)
@@ -157,8 +217,10 @@ class BudgetPlanner:
         if call_deadline is not None:  # the gateway's per-call deadline beats every other rule
             seconds = max(0.0, min(seconds, call_deadline - now - self.cfg.overrun_allowance_s))
         richness = share / self.even_share
-        level = self._level(richness, seconds)
+        wanted = self._level(richness, seconds) + self.backoff
+        level = min(len(SPEED_LEVELS) - 1, wanted)
         candidates, rounds = effort(self.tir, level)
+        candidates = max(1, candidates >> (wanted - level))  # starved below the lowest level: halve, down to 1
         index = self.planned
         self.planned += 1
         return ProblemBudget(index=index, seconds=seconds, deadline=now + seconds, speed_level=level,

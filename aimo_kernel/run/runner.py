@@ -257,7 +257,7 @@ class Runner:
             result = fallback_result(self.config, StopReason.ERROR, f"{type(exc).__name__}: {exc}")
         used = time.monotonic() - t_plan
         if plan is not None:
-            self.planner().done(plan.seconds, used)
+            self.planner().done(plan.seconds, used, result.outcome())
         self.records.append(_record(problem_id, result, gold, used, plan,
                                     fallback_reason(result, plan, load_failed)))
         self._trace(problem_id, result, gold, used, plan)

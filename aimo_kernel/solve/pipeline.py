@@ -3,7 +3,8 @@
 ``async`` mode (``tir.mode``): every candidate runs its own generate → code → continue loop, so the
 engine never waits for the slowest candidate of a round and code runs while other candidates
 generate. While the vote is undecided and time is left, each finished candidate is replaced by a new
-one (up to ``max_candidates``). ``sync`` mode: Numina's rounds, a barrier between them (all active
+one (up to ``max_candidates``); answers scattered past ``vote.give_up_rule`` end the problem early too
+(stop ``scattered``). ``sync`` mode: Numina's rounds, a barrier between them (all active
 candidates generate, then all code runs, then the vote may stop the problem).
 
 Any engine: a streaming one is driven directly, a blocking one through
@@ -171,11 +172,13 @@ class Solver:
         return cand
 
     async def _generate(self, st: _Problem, req: GenerationRequest, rid: str,
-                        meter: ConfidenceMeter | None = None) -> tuple[Generation, str]:
+                        cand: Candidate) -> tuple[Generation, str]:
         """The generation, and "" or the engine's failure (then the generation holds what came before it).
 
-        Log-probabilities go into ``meter`` (running sums) as they arrive; the generation keeps none,
-        so a long candidate costs no per-token lists."""
+        Log-probabilities go into the candidate's meter (running sums) as they arrive; the generation
+        keeps none, so a long candidate costs no per-token lists. A generation cut off by the problem's
+        stop still counts its tokens as the candidate's (the planner reads how much candidates wrote)."""
+        meter = cand.meter
         pieces: list[str] = []
         tokens = prompt_tokens = cached = 0
         finish: str = FinishReason.DEADLINE
@@ -193,6 +196,7 @@ class Solver:
                     finish = delta.finish_reason
                     break
         except asyncio.CancelledError:
+            cand.tokens += tokens
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.engine.abort(rid), ABORT_GRACE_S)
             raise
@@ -215,7 +219,7 @@ class Solver:
             return None
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        gen, error = await self._generate(st, req, f"p{next(self._ids)}-c{cand.index}-r{rnd}", cand.meter)
+        gen, error = await self._generate(st, req, f"p{next(self._ids)}-c{cand.index}-r{rnd}", cand)
         if error:
             cand.fail(error)
             return None
@@ -267,6 +271,8 @@ class Solver:
                 decided = tracker.decided(still_to_come=len(inflight) + effort.total - len(st.candidates))
                 if decided:
                     return StopReason.AGREEMENT, decided
+                if tracker.scattered():
+                    return StopReason.SCATTERED, ""
                 if not self.engine.alive:  # a dead engine fails every new candidate at once
                     return StopReason.ERROR, ""
                 while len(inflight) < effort.num_candidates and len(st.candidates) < effort.total:
@@ -318,6 +324,8 @@ class Solver:
                                       still_to_come=sum(c.active for c in st.candidates))
             if decided:
                 return StopReason.AGREEMENT, decided
+            if tracker.scattered():
+                return StopReason.SCATTERED, ""
         return StopReason.FINISHED, ""
 
     async def _round(self, st: _Problem, active: list[Candidate], rnd: int) -> None:

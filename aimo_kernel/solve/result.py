@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from aimo_kernel.config import Config, TIRConfig
 from aimo_kernel.config.schema import VoteConfig, candidates_in_all
 from aimo_kernel.core.answers import AnswerRule, VoteResult, majority_vote
+from aimo_kernel.core.budget import Outcome
 from aimo_kernel.core.confidence import mode_weights
 from aimo_kernel.engine.base import PromptFormat, SamplingParams
 from aimo_kernel.solve.candidate import MIN_NEW_TOKENS, Candidate, CandidateResult
@@ -37,6 +38,14 @@ class SolveResult:
         if bool(self.agreement_rule) != (self.stop_reason is StopReason.AGREEMENT):
             raise ValueError(f"SolveResult.agreement_rule must be set exactly for an agreement stop, got "
                              f"stop_reason={self.stop_reason.value!r}, agreement_rule={self.agreement_rule!r}")
+
+    def outcome(self) -> Outcome:
+        """How it ended, for the budget planner (which backs off when time ran out on most candidates)."""
+        answering = [c.tokens for c in self.candidates if c.answer is not None]
+        open_ = [c.tokens for c in self.candidates if c.answer is None]
+        return Outcome(timed_out=self.stop_reason is StopReason.DEADLINE, candidates=len(self.candidates),
+                       answered=len(answering), tokens_per_open=sum(open_) / len(open_) if open_ else 0.0,
+                       tokens_per_answer=sum(answering) / len(answering) if answering else 0.0)
 
     @property
     def stop_label(self) -> str:

@@ -381,7 +381,7 @@ def eval_config(config: Config, options: EvalOptions) -> Config:
     n = config.tir.num_candidates if options.candidates is None else options.candidates
     cap = config.budget.per_problem_seconds if options.per_problem_seconds is None else options.per_problem_seconds
     tir = dataclasses.replace(config.tir, num_candidates=n, max_candidates=n)
-    vote = dataclasses.replace(config.vote, agreement_rules=(), stop_when_decided=False)
+    vote = dataclasses.replace(config.vote, agreement_rules=(), stop_when_decided=False, give_up_rule="")
     budget = dataclasses.replace(config.budget, per_problem_seconds=cap,
                                  min_problem_seconds=min(cap, config.budget.min_problem_seconds))
     engine = config.engine
