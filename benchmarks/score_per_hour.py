@@ -251,15 +251,14 @@ def synthetic_items(count: int, seed: int) -> list[Item]:
 def calibrated_levels(cfg: Config) -> tuple[float, ...]:
     """Each speed level's projected problem time from decode steps measured here, as ``aimo-kernel preflight``
     writes them and a run with ``budget.calibration`` plans with (its own engine, closed before the runs)."""
-    from aimo_kernel.core.budget import SPEED_LEVELS, effort
-    from aimo_kernel.core.throughput import problem_seconds
+    from aimo_kernel.core.throughput import level_seconds
     from aimo_kernel.tools.calibrate import calibrate
     from aimo_kernel.tools.preflight import level_batches
 
     t0 = time.monotonic()
     cal = calibrate(cfg, engine_kind="vllm-offline", batches=level_batches(cfg), contexts=(64, 512), short=8, long=40,
                     sandbox_blocks=0, progress=False)
-    needs = tuple(problem_seconds(cfg, cal.fit, *effort(cfg.tir, level)) for level in range(len(SPEED_LEVELS)))
+    needs = level_seconds(cfg, cal.fit)
     print(f"calibrated in {time.monotonic() - t0:.1f} s: a problem projected at "
           + ", ".join(f"{s:.2f} s" for s in needs) + " per speed level")
     return needs

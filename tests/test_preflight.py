@@ -10,6 +10,7 @@ import pytest
 from aimo_kernel.cli import main
 from aimo_kernel.config.presets import get_preset
 from aimo_kernel.core.budget import SPEED_LEVELS
+from aimo_kernel.core.throughput import problem_seconds
 from aimo_kernel.testing.hardware import load_calibration
 from aimo_kernel.tools import preflight as pf
 from aimo_kernel.tools.calibrate import Calibration, StepFit, fitted_model
@@ -63,7 +64,7 @@ def test_the_verdict_follows_the_measured_step_time():
     cfg = get_preset("cpu")  # 50 problems in 3600 s less 60 s: ~70 s a problem after a 30 s start-up
     fast = pf.verdict(cfg, calibration(0.001))
     assert fast.fits and fast.level == 0 and fast.margin > 0 and "fits here" in fast.text("cpu")
-    need = pf.problem_seconds(cfg, calibration(1.0).fit, 8, 4)  # the full effort at one second a step
+    need = problem_seconds(cfg, calibration(1.0).fit, 8, 4)  # the full effort at one second a step
     share = (3600 - 60 - 30) / 50
     mid = pf.verdict(cfg, calibration(share / need * 1.2))  # full effort 20% over its share; less effort fits
     assert not mid.fits and 0 < mid.level < len(SPEED_LEVELS) and "speed level" in mid.text("cpu")

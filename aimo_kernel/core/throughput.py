@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aimo_kernel.config import Config
+from aimo_kernel.core.budget import SPEED_LEVELS, effort
 from aimo_kernel.errors import AimoError
 
 ROUND_FILL = 0.5  # share of a round's token cap a round writes on average (projection, conservative)
@@ -74,3 +75,8 @@ def problem_seconds(config: Config, fit: StepFit, candidates: int, rounds: int) 
     batch = min(candidates, config.engine.max_num_seqs)
     waves = math.ceil(candidates / batch)  # candidates beyond the engine's sequence limit wait for a slot
     return waves * rounds * tokens * fit.predict(batch, context)
+
+
+def level_seconds(config: Config, fit: StepFit) -> tuple[float, ...]:
+    """Projected decode time of one problem at each speed level (the planner's ``level_seconds``)."""
+    return tuple(problem_seconds(config, fit, *effort(config.tir, level)) for level in range(len(SPEED_LEVELS)))

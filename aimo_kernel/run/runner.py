@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aimo_kernel.config import Config
-from aimo_kernel.core.budget import SPEED_LEVELS, BudgetPlanner, ProblemBudget, call_deadline, effort
-from aimo_kernel.core.throughput import CalibrationError, problem_seconds, read_calibration
+from aimo_kernel.core.budget import SPEED_LEVELS, BudgetPlanner, ProblemBudget, call_deadline
+from aimo_kernel.core.throughput import CalibrationError, level_seconds, read_calibration
 from aimo_kernel.engine import AsyncEngine, Engine, get_engine, is_streaming
 from aimo_kernel.run.trace import ProblemTrace, append_trace
 from aimo_kernel.sandbox import Sandbox, make_sandbox
@@ -227,8 +227,7 @@ class Runner:
                 raise
             log.error("%s; planning without it", exc)
             return ()
-        needs = tuple(problem_seconds(self.config, fit, *effort(self.config.tir, level))
-                      for level in range(len(SPEED_LEVELS)))
+        needs = level_seconds(self.config, fit)
         log.info("budget calibrated from %s: a problem at full effort ~%.0f s projected", path, needs[0])
         return needs
 

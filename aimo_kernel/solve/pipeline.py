@@ -189,7 +189,7 @@ class Solver:
                 tokens += delta.num_tokens
                 prompt_tokens = delta.prompt_tokens or prompt_tokens
                 cached = delta.cached_tokens or cached
-                if meter is not None and delta.top_logprobs:
+                if delta.top_logprobs:
                     meter.add(delta.logprobs, delta.top_logprobs)
                 st.last_progress = asyncio.get_running_loop().time()
                 if delta.finish_reason is not None:

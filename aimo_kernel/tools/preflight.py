@@ -33,7 +33,7 @@ from typing import Any, Literal
 from aimo_kernel.config import Config
 from aimo_kernel.config.options import add_config_args, config_from_args
 from aimo_kernel.core.budget import SPEED_LEVELS, effort
-from aimo_kernel.core.throughput import problem_seconds
+from aimo_kernel.core.throughput import level_seconds
 from aimo_kernel.tools.calibrate import Calibration, calibrate, format_calibration
 
 Status = Literal["ok", "warn", "fail"]
@@ -202,7 +202,7 @@ class Verdict:
 def verdict(config: Config, cal: Calibration) -> Verdict:
     b = config.budget
     share = (b.total_seconds - b.safety_margin_s - cal.startup_s) / b.num_problems
-    needs = [problem_seconds(config, cal.fit, *effort(config.tir, level)) for level in range(len(SPEED_LEVELS))]
+    needs = level_seconds(config, cal.fit)
     level = next((i for i, need in enumerate(needs) if need <= share), len(SPEED_LEVELS))
     return Verdict(fits=level == 0, startup_s=cal.startup_s, problem_s=needs[0], share_s=share, level=level)
 
